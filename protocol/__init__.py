@@ -1,0 +1,41 @@
+"""edgeloop's wire contract: topics, the batch envelope, the columnar codec and its errors.
+
+Pure: no sockets, no files. The agent and the hub meet only through this package.
+"""
+
+from .codec import CODEC_NONE, CODEC_ZSTD, DictionaryRegistry
+from .duration import parse_duration
+from .envelope import (
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_RAW,
+    VERSION,
+    Batch,
+    BatchHeader,
+    decode_batch,
+    decode_header,
+    encode_batch,
+)
+from .errors import (
+    DecodeError,
+    EncodeError,
+    InvalidIdError,
+    InvalidTopicError,
+    MalformedError,
+    OversizedError,
+    ProtocolError,
+    TopicMismatchError,
+    UnknownCodecError,
+    UnknownDictionaryError,
+    UnsupportedVersionError,
+)
+from .readings import Readings, check_channel
+from .topic import Kind, Topic, check_id, mqtt_filter, subject_filter
+
+__all__ = [
+    "CODEC_NONE", "CODEC_ZSTD", "DEFAULT_MAX_PAYLOAD", "DEFAULT_MAX_RAW", "VERSION",
+    "Batch", "BatchHeader", "DecodeError", "DictionaryRegistry", "EncodeError", "InvalidIdError",
+    "InvalidTopicError", "Kind", "MalformedError", "OversizedError", "ProtocolError", "Readings",
+    "Topic", "TopicMismatchError", "UnknownCodecError", "UnknownDictionaryError",
+    "UnsupportedVersionError", "check_channel", "check_id", "decode_batch", "decode_header",
+    "encode_batch", "mqtt_filter", "parse_duration", "subject_filter",
+]
