@@ -14,6 +14,7 @@ from .envelope import (
     decode_batch,
     decode_header,
     encode_batch,
+    msg_id,
 )
 from .errors import (
     DecodeError,
@@ -37,5 +38,5 @@ __all__ = [
     "InvalidTopicError", "Kind", "MalformedError", "OversizedError", "ProtocolError", "Readings",
     "Topic", "TopicMismatchError", "UnknownCodecError", "UnknownDictionaryError",
     "UnsupportedVersionError", "check_channel", "check_id", "decode_batch", "decode_header",
-    "encode_batch", "mqtt_filter", "parse_duration", "subject_filter",
+    "encode_batch", "mqtt_filter", "msg_id", "parse_duration", "subject_filter",
 ]

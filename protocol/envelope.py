@@ -61,8 +61,12 @@ class BatchHeader:
 
     @property
     def msg_id(self) -> str:
-        """JetStream de-duplication id (`Nats-Msg-Id`)."""
-        return f"{self.tenant}/{self.device}/{self.epoch}:{self.seq}"
+        return msg_id(self.tenant, self.device, self.epoch, self.seq)
+
+
+def msg_id(tenant: str, device: str, epoch: int, seq: int) -> str:
+    """JetStream de-duplication id (`Nats-Msg-Id`) of a batch: unique per tenant, device and epoch."""
+    return f"{tenant}/{device}/{epoch}:{seq}"
 
 
 @dataclass(frozen=True)

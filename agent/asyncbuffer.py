@@ -1,0 +1,95 @@
+"""Runs the SQLite buffer on one worker thread so the event loop never blocks on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from protocol import Kind, Readings
+
+from .buffer import AppendResult, Buffer, BufferStats, SealedBatch
+from .config import BufferConfig
+from .errors import BufferFullError
+
+T = TypeVar("T")
+
+
+class AsyncBuffer:
+    """The Buffer's async face. `append` waits for room under `when_full = block`."""
+
+    def __init__(self, settings: BufferConfig, *, tenant: str, device: str) -> None:
+        self._settings = settings
+        self._tenant, self._device = tenant, device
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
+        self._buffer: Buffer | None = None
+        self._room = asyncio.Event()
+        self.in_flight: set[int] = set()  # seqs being published; never evicted or re-sent
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kw))
+
+    @property
+    def sync(self) -> Buffer:
+        assert self._buffer is not None, "AsyncBuffer used before open()"
+        return self._buffer
+
+    async def open(self) -> "AsyncBuffer":
+        self._buffer = await self._call(Buffer, self._settings, tenant=self._tenant, device=self._device)
+        return self
+
+    async def close(self) -> None:
+        if self._buffer is not None:
+            await self._call(self._buffer.close)
+            self._buffer = None
+        self._pool.shutdown(wait=True)
+
+    async def __aenter__(self) -> "AsyncBuffer":
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def epoch(self) -> int:
+        return self.sync.epoch
+
+    async def append(
+        self, readings: Readings, *, kind: Kind = Kind.TELEMETRY, checkpoint: tuple[str, str] | None = None
+    ) -> AppendResult:
+        while True:
+            self._room.clear()
+            try:
+                return await self._call(
+                    self.sync.append, readings, kind=kind, checkpoint=checkpoint, in_flight=tuple(self.in_flight)
+                )
+            except BufferFullError:
+                if self._settings.when_full.value != "block" and not self.in_flight:
+                    raise
+                # Wait for an ack to free room; the timeout re-checks in case the event was missed.
+                try:
+                    await asyncio.wait_for(self._room.wait(), timeout=1.0)
+                except TimeoutError:
+                    pass
+
+    async def seal(self, *, force: bool = False) -> int:
+        return await self._call(self.sync.seal, force=force)
+
+    async def next_batches(self, limit: int) -> list[SealedBatch]:
+        return await self._call(self.sync.next_batches, limit, exclude=tuple(self.in_flight))
+
+    async def ack(self, seqs: list[int]) -> int:
+        n = await self._call(self.sync.ack, seqs)
+        self._room.set()
+        return n
+
+    async def stats(self) -> BufferStats:
+        return await self._call(self.sync.stats)
+
+    async def checkpoint(self, source: str) -> str | None:
+        return await self._call(self.sync.checkpoint, source)
+
+    async def dead_letter(self, source: str, reason: str, data: bytes | None) -> None:
+        await self._call(self.sync.dead_letter, source, reason, data)

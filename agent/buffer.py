@@ -1,0 +1,340 @@
+"""The agent's SQLite (WAL) buffer: readings in, sealed numbered batches out, deleted on ack.
+
+Life of a reading:
+
+    append() ──▶ pending (uncompressed chunk, one row per append, in the input's transaction
+                 together with the input's checkpoint)
+    seal()   ──▶ batches (encoded + zstd envelope with the next seq; chunk rows deleted in the
+                 same transaction, so a reading is in exactly one place at every instant)
+    ack()    ──▶ gone (only after the broker acknowledged the batch)
+
+Nothing is kept in memory that is not also on disk, so SIGKILL or a power cut (with
+`synchronous = full`) loses nothing that append() returned for. The byte cap counts chunk and
+batch bytes; what happens when it is reached is `when_full`. Every drop is counted by reason
+in `counters`, which health messages carry to the hub.
+
+Not thread-safe: one thread owns a Buffer (AsyncBuffer runs it on a single worker thread).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protocol import Kind, Readings, decode_batch, encode_batch
+
+from .config import BufferConfig, Synchronous, WhenFull
+from .errors import BufferFullError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pending (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, lane INTEGER NOT NULL, n INTEGER NOT NULL,
+    created_us INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS pending_lane ON pending (lane, id);
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY, lane INTEGER NOT NULL, n INTEGER NOT NULL,
+    created_us INTEGER NOT NULL, payload BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS batches_lane ON batches (lane, seq);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (source TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at_us INTEGER NOT NULL, source TEXT NOT NULL,
+    reason TEXT NOT NULL, data BLOB);
+"""
+_LANE_KIND = {k.lane: k for k in Kind}
+_ROW_OVERHEAD = 32  # per-row bytes SQLite spends beyond the blob; keeps tiny appends honest
+
+
+@dataclass(frozen=True)
+class SealedBatch:
+    seq: int
+    kind: Kind
+    n: int
+    created_us: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    accepted: int
+    dropped: int = 0
+
+
+@dataclass(frozen=True)
+class BufferStats:
+    pending_readings: int
+    pending_batches: int
+    bytes_used: int
+    max_bytes: int
+    oldest_unsent_us: int | None
+    next_seq: int
+    epoch: int
+    counters: dict[str, int]
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Buffer:
+    def __init__(
+        self,
+        settings: BufferConfig,
+        *,
+        tenant: str,
+        device: str,
+        clock_us: Callable[[], int] = _now_us,
+    ) -> None:
+        self.settings = settings
+        self.tenant = tenant
+        self.device = device
+        self._clock = clock_us
+        path = Path(settings.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={settings.synchronous.value.upper()}")
+        self._db.executescript(_SCHEMA)
+        with self._tx():
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('epoch', ?), ('next_seq', 1)", (secrets.randbits(31) + 1,)
+            )
+        meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        self.epoch: int = meta["epoch"]
+        self._next_seq: int = meta["next_seq"]
+        self._used = self._db.execute(
+            f"SELECT (SELECT COALESCE(SUM(length(data)) + COUNT(*) * {_ROW_OVERHEAD}, 0) FROM pending)"
+            f" + (SELECT COALESCE(SUM(length(payload)) + COUNT(*) * {_ROW_OVERHEAD}, 0) FROM batches)"
+        ).fetchone()[0]
+
+    # --- plumbing ---------------------------------------------------------------------------
+    def _tx(self):
+        db = self._db
+
+        class _Tx:
+            def __enter__(self_inner):
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self_inner, typ, exc, tb):
+                db.execute("COMMIT" if typ is None else "ROLLBACK")
+                return False
+
+        return _Tx()
+
+    def _count(self, name: str, delta: int) -> None:
+        if delta:
+            self._db.execute(
+                "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+                (name, delta, delta),
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+    @property
+    def bytes_used(self) -> int:
+        return self._used
+
+    # --- in ---------------------------------------------------------------------------------
+    def append(
+        self,
+        readings: Readings,
+        *,
+        kind: Kind = Kind.TELEMETRY,
+        checkpoint: tuple[str, str] | None = None,
+        in_flight: Iterable[int] = (),
+    ) -> AppendResult:
+        """Store readings (and the input's checkpoint) in one transaction.
+
+        Raises BufferFullError only under `when_full = block`, having stored nothing.
+        """
+        n = len(readings)
+        data = readings.to_bytes() if n else b""
+        size = len(data) + _ROW_OVERHEAD if n else 0
+        with self._tx():
+            dropped = 0
+            if n and self._used + size > self.settings.max_bytes:
+                policy = self.settings.when_full
+                if policy is WhenFull.BLOCK:
+                    raise BufferFullError(size, self._used, self.settings.max_bytes)
+                if policy is WhenFull.DROP_NEWEST or size > self.settings.max_bytes:
+                    reason = "drop_newest" if policy is WhenFull.DROP_NEWEST else "oversize"
+                    self._count(f"dropped.{reason}", n)
+                    dropped, n = n, 0
+                else:
+                    self._make_room(size, policy, set(in_flight))
+            if n:
+                self._db.execute(
+                    "INSERT INTO pending (lane, n, created_us, data) VALUES (?, ?, ?, ?)",
+                    (kind.lane, n, self._clock(), data),
+                )
+                self._used += size
+                self._count(f"appended.{kind.value}", n)
+            if checkpoint is not None:
+                self._db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", checkpoint)
+        return AppendResult(n, dropped)
+
+    def _make_room(self, size: int, policy: WhenFull, in_flight: set[int]) -> None:
+        """Evict or downsample the oldest data, lowest-priority lane first, until `size` fits."""
+        while self._used + size > self.settings.max_bytes:
+            victim = self._db.execute(
+                "SELECT 'b', seq, lane, n, created_us, length(payload) FROM batches"
+                f" WHERE seq NOT IN ({','.join('?' * len(in_flight))})"
+                " UNION ALL SELECT 'p', id, lane, n, created_us, length(data) FROM pending"
+                " ORDER BY lane DESC, created_us, 2 LIMIT 1",
+                tuple(in_flight),
+            ).fetchone()
+            if victim is None:  # everything left is in flight: nothing more can go
+                raise BufferFullError(size, self._used, self.settings.max_bytes)
+            where, key, lane, n, _, nbytes = victim
+            if policy is WhenFull.DOWNSAMPLE_OLDEST and n > 1 and self._downsample(where, key):
+                continue
+            table, col = ("batches", "seq") if where == "b" else ("pending", "id")
+            self._db.execute(f"DELETE FROM {table} WHERE {col} = ?", (key,))
+            self._used -= nbytes + _ROW_OVERHEAD
+            self._count(f"dropped.{policy.value}", n)
+            if where == "b":
+                self._count("dropped_batches", 1)
+
+    def _downsample(self, where: str, key: int) -> bool:
+        """Keep every other reading per channel of one stored chunk or batch. False if no gain."""
+        if where == "b":
+            payload = self._db.execute("SELECT payload FROM batches WHERE seq = ?", (key,)).fetchone()[0]
+            batch = decode_batch(payload, max_payload=len(payload))
+            readings, h = batch.readings.canonical(), batch.header
+        else:
+            data = self._db.execute("SELECT data FROM pending WHERE id = ?", (key,)).fetchone()[0]
+            readings = Readings.from_bytes(data).canonical()
+        # rank within channel: rows are sorted by (channel, ts), so index minus channel start
+        starts = np.searchsorted(readings.channel, readings.channel)
+        keep = ((np.arange(len(readings)) - starts) % 2) == 0
+        kept = readings.take(np.flatnonzero(keep))
+        removed = len(readings) - len(kept)
+        new = self._encode(kept, h.kind, h.seq) if where == "b" else kept.to_bytes()
+        old_len = len(payload) if where == "b" else len(data)
+        if removed == 0 or len(new) >= old_len:
+            return False
+        if where == "b":
+            self._db.execute("UPDATE batches SET payload = ?, n = ? WHERE seq = ?", (new, len(kept), key))
+        else:
+            self._db.execute("UPDATE pending SET data = ?, n = ? WHERE id = ?", (new, len(kept), key))
+        self._used += len(new) - old_len
+        self._count("dropped.downsample_oldest", removed)
+        return True
+
+    def checkpoint(self, source: str) -> str | None:
+        row = self._db.execute("SELECT value FROM checkpoints WHERE source = ?", (source,)).fetchone()
+        return row[0] if row else None
+
+    def dead_letter(self, source: str, reason: str, data: bytes | None) -> None:
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO dead_letters (at_us, source, reason, data) VALUES (?, ?, ?, ?)",
+                (self._clock(), source, reason, data),
+            )
+            self._count(f"dead_letters.{source}", 1)
+
+    # --- seal -------------------------------------------------------------------------------
+    def _encode(self, readings: Readings, kind: Kind, seq: int) -> bytes:
+        return encode_batch(
+            readings, tenant=self.tenant, device=self.device, kind=kind, epoch=self.epoch, seq=seq,
+            level=self.settings.compression_level,
+        )
+
+    def seal(self, *, force: bool = False) -> int:
+        """Seal due chunks into numbered batches. Returns how many batches were made."""
+        cap = self.settings.batch_max_readings
+        due_before = self._clock() - int(self.settings.seal_interval.total_seconds() * 1e6)
+        made = 0
+        lanes = self._db.execute(
+            "SELECT lane, SUM(n), MIN(created_us) FROM pending GROUP BY lane ORDER BY lane"
+        ).fetchall()
+        for lane, total, oldest in lanes:
+            if not (force or total >= cap or oldest <= due_before):
+                continue
+            with self._tx():
+                rows = self._db.execute(
+                    "SELECT id, data FROM pending WHERE lane = ? ORDER BY id", (lane,)
+                ).fetchall()
+                if not rows:
+                    continue
+                freed = sum(len(d) + _ROW_OVERHEAD for _, d in rows)
+                merged = Readings.concat([Readings.from_bytes(d) for _, d in rows])
+                kind = _LANE_KIND[lane]
+                now = self._clock()
+                for lo in range(0, len(merged), cap):
+                    part = merged.take(np.arange(lo, min(lo + cap, len(merged))))
+                    seq = self._next_seq
+                    payload = self._encode(part, kind, seq)
+                    self._db.execute(
+                        "INSERT INTO batches VALUES (?, ?, ?, ?, ?)", (seq, lane, len(part), now, payload)
+                    )
+                    self._used += len(payload) + _ROW_OVERHEAD
+                    self._next_seq += 1
+                    made += 1
+                self._db.execute("DELETE FROM pending WHERE lane = ? AND id <= ?", (lane, rows[-1][0]))
+                self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (self._next_seq,))
+                self._used -= freed
+        return made
+
+    # --- out --------------------------------------------------------------------------------
+    def next_batches(self, limit: int, *, exclude: Iterable[int] = ()) -> list[SealedBatch]:
+        """Batches to send next: alerts, then health, then telemetry; within a lane live data
+        (sealed within `live_window`) goes before the backlog, each in seq order."""
+        exclude = list(exclude)
+        live_after = self._clock() - int(self.settings.live_window.total_seconds() * 1e6)
+        rows = self._db.execute(
+            "SELECT seq, lane, n, created_us, payload FROM batches"
+            f" WHERE seq NOT IN ({','.join('?' * len(exclude))})"
+            " ORDER BY lane, created_us < ?, seq LIMIT ?",
+            (*exclude, live_after, limit),
+        ).fetchall()
+        return [SealedBatch(s, _LANE_KIND[lane], n, c, p) for s, lane, n, c, p in rows]
+
+    def ack(self, seqs: Iterable[int]) -> int:
+        """Delete acknowledged batches. Returns how many readings they held."""
+        seqs = list(seqs)
+        if not seqs:
+            return 0
+        marks = ",".join("?" * len(seqs))
+        with self._tx():
+            n, nbytes, rows = self._db.execute(
+                f"SELECT COALESCE(SUM(n), 0), COALESCE(SUM(length(payload)), 0), COUNT(*)"
+                f" FROM batches WHERE seq IN ({marks})",
+                seqs,
+            ).fetchone()
+            self._db.execute(f"DELETE FROM batches WHERE seq IN ({marks})", seqs)
+            self._count("sent.readings", n)
+            self._count("sent.batches", rows)
+        self._used -= nbytes + rows * _ROW_OVERHEAD
+        return n
+
+    def stats(self) -> BufferStats:
+        p_n, p_old = self._db.execute("SELECT COALESCE(SUM(n), 0), MIN(created_us) FROM pending").fetchone()
+        b_n, b_cnt, b_old = self._db.execute(
+            "SELECT COALESCE(SUM(n), 0), COUNT(*), MIN(created_us) FROM batches"
+        ).fetchone()
+        olds = [x for x in (p_old, b_old) if x is not None]
+        return BufferStats(
+            pending_readings=p_n + b_n,
+            pending_batches=b_cnt,
+            bytes_used=self._used,
+            max_bytes=self.settings.max_bytes,
+            oldest_unsent_us=min(olds) if olds else None,
+            next_seq=self._next_seq,
+            epoch=self.epoch,
+            counters=dict(self._db.execute("SELECT name, value FROM counters")),
+        )
+
+    def dead_letters(self, limit: int = 100) -> list[tuple[int, str, str, bytes | None]]:
+        return self._db.execute(
+            "SELECT at_us, source, reason, data FROM dead_letters ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+

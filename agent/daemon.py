@@ -1,0 +1,140 @@
+"""The agent daemon: one supervising task group of inputs, sealer, sender, health and uplink."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocol import Kind
+
+from .asyncbuffer import AsyncBuffer
+from .backoff import Backoff
+from .config import AgentConfig, BackoffConfig
+from .health import HealthProbe
+from .inputs import Input, make_input
+from .sender import Sender
+from .uplinks import Uplink, make_uplink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentState:
+    """What the daemon exposes to whoever runs it (CLI live view, fleet runner, tests)."""
+
+    inputs_done: set[str] = field(default_factory=set)
+    errors: dict[str, int] = field(default_factory=dict)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, *, uplink: Uplink | None = None) -> None:
+        self.config = config
+        dev = config.device
+        self.buffer = AsyncBuffer(config.buffer, tenant=dev.tenant, device=dev.id)
+        self.uplink = uplink or make_uplink(config.uplink, tenant=dev.tenant, device=dev.id)
+        self.inputs: list[Input] = [make_input(i, device=dev) for i in config.inputs]
+        self.sender = Sender(self.buffer, self.uplink, config)
+        self.state = AgentState()
+
+    # --- supervised tasks -----------------------------------------------------------------
+    async def _supervise_input(self, inp: Input) -> None:
+        backoff = Backoff(BackoffConfig())
+        while True:
+            try:
+                await inp.run(self.buffer)
+                self.state.inputs_done.add(inp.name)
+                log.info("input %s finished", inp.name)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the supervisor: count, log, restart
+                self.state.errors[f"input:{inp.name}"] = self.state.errors.get(f"input:{inp.name}", 0) + 1
+                delay = backoff.next_delay()
+                log.exception("input %s failed (%s); restarting in %.1fs", inp.name, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _seal_loop(self) -> None:
+        interval = self.config.buffer.seal_interval.total_seconds()
+        while True:
+            await asyncio.sleep(min(interval, 0.25))
+            if await self.buffer.seal():
+                self.sender.wake()
+
+    async def _health_loop(self, probe: HealthProbe) -> None:
+        while True:
+            await self._report_health(probe)
+            await asyncio.sleep(self.config.health.interval.total_seconds())
+
+    async def _report_health(self, probe: HealthProbe) -> None:
+        stats = await self.buffer.stats()
+        await self.buffer.append(probe.snapshot(stats), kind=Kind.HEALTH)
+
+    def _uplink_state(self) -> dict[str, float]:
+        return {
+            "connected": float(self.uplink.connected),
+            "published": float(self.sender.published),
+            "failures": float(self.sender.failures),
+            "in_flight": float(len(self.buffer.in_flight)),
+        }
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def drained(self) -> bool:
+        stats = await self.buffer.stats()
+        return stats.pending_readings == 0 and self.sender.idle
+
+    async def run(self, stop: asyncio.Event, *, until_drained: bool = False) -> None:
+        """Run until `stop` is set (SIGTERM) — or, with `until_drained`, until every input has
+        finished and every reading is acknowledged. Then send a last health report, seal, send
+        what the grace period allows, and close; what is left stays buffered for the next start."""
+        await self.buffer.open()
+        disk = self.config.health.disk_path or Path(self.config.buffer.path).parent
+        probe = HealthProbe(disk_path=disk, uplink_state=self._uplink_state)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                core = [
+                    tg.create_task(self.uplink.run(), name="uplink"),
+                    tg.create_task(self.sender.run(), name="sender"),
+                    tg.create_task(self._seal_loop(), name="sealer"),
+                ]
+                health = tg.create_task(self._health_loop(probe), name="health")
+                inputs = [tg.create_task(self._supervise_input(i), name=f"input:{i.name}") for i in self.inputs]
+                self.state.ready.set()
+                await _first(stop.wait(), *([asyncio.gather(*inputs)] if until_drained else []))
+                for t in (*inputs, health):
+                    t.cancel()
+                await self._report_health(probe)
+                await self._flush(stop if until_drained else None)
+                for t in core:
+                    t.cancel()
+        finally:
+            await self.buffer.close()
+
+    async def _flush(self, stop: asyncio.Event | None) -> None:
+        """Seal everything and wait for acks: until drained and `stop` when given, else the grace."""
+        grace = self.config.shutdown_grace.total_seconds()
+        deadline = time.monotonic() + grace
+        await self.buffer.seal(force=True)
+        self.sender.wake()
+        while not await self.drained():
+            if stop is None and (time.monotonic() >= deadline or not self.uplink.connected):
+                break
+            if stop is not None and stop.is_set():
+                break
+            await asyncio.sleep(0.05)
+        stats = await self.buffer.stats()
+        if stats.pending_readings:
+            log.info("shutdown: %d readings stay buffered for the next start", stats.pending_readings)
+
+
+async def _first(*aws) -> None:
+    """Wait until the first of several awaitables finishes; cancel the rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()

