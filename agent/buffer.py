@@ -304,17 +304,18 @@ class Buffer:
         if not seqs:
             return 0
         marks = ",".join("?" * len(seqs))
+        total = nbytes = rows = 0
         with self._tx():
-            n, nbytes, rows = self._db.execute(
-                f"SELECT COALESCE(SUM(n), 0), COALESCE(SUM(length(payload)), 0), COUNT(*)"
-                f" FROM batches WHERE seq IN ({marks})",
+            for lane, n, size, count in self._db.execute(
+                f"SELECT lane, SUM(n), SUM(length(payload)), COUNT(*) FROM batches WHERE seq IN ({marks}) GROUP BY lane",
                 seqs,
-            ).fetchone()
+            ).fetchall():
+                self._count(f"sent.{_LANE_KIND[lane].value}", n)
+                total, nbytes, rows = total + n, nbytes + size, rows + count
             self._db.execute(f"DELETE FROM batches WHERE seq IN ({marks})", seqs)
-            self._count("sent.readings", n)
             self._count("sent.batches", rows)
         self._used -= nbytes + rows * _ROW_OVERHEAD
-        return n
+        return total
 
     def stats(self) -> BufferStats:
         p_n, p_old = self._db.execute("SELECT COALESCE(SUM(n), 0), MIN(created_us) FROM pending").fetchone()

@@ -126,6 +126,7 @@ class SimulatedInputConfig(_Model):
     start_us: int | None = None  # fixed signal start; default: first run's clock
     wear_rate: float = Field(0.0, ge=0.0)
     seed_base: int = 0
+    clock_skew_ms: int = 0  # fault injection: this device's clock is off by this much
 
 
 class JsonlInputConfig(_Model):

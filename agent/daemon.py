@@ -12,6 +12,7 @@ from protocol import Kind
 
 from .asyncbuffer import AsyncBuffer
 from .backoff import Backoff
+from .buffer import BufferStats
 from .config import AgentConfig, BackoffConfig
 from .health import HealthProbe
 from .inputs import Input, make_input
@@ -39,6 +40,7 @@ class Agent:
         self.inputs: list[Input] = [make_input(i, device=dev) for i in config.inputs]
         self.sender = Sender(self.buffer, self.uplink, config)
         self.state = AgentState()
+        self.final_stats: BufferStats | None = None  # the buffer's last stats, kept after close
 
     # --- supervised tasks -----------------------------------------------------------------
     async def _supervise_input(self, inp: Input) -> None:
@@ -111,7 +113,10 @@ class Agent:
                 for t in core:
                     t.cancel()
         finally:
-            await self.buffer.close()
+            try:
+                self.final_stats = await self.buffer.stats()
+            finally:
+                await self.buffer.close()
 
     async def _flush(self, stop: asyncio.Event | None) -> None:
         """Seal everything and wait for acks: until drained and `stop` when given, else the grace."""

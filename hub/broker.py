@@ -1,6 +1,6 @@
 """The embedded broker: one `nats-server` subprocess with JetStream and MQTT, on ports that survive restarts.
 
-    BrokerError
+    hub.errors.BrokerError
      ├── BrokerBinaryNotFoundError   no nats-server next to the interpreter nor on PATH
      ├── BrokerListenerOffError      a port was asked for a listener that is turned off
      └── BrokerStartError            the process exited, or was not ready by the deadline;
@@ -33,6 +33,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from .errors import BrokerError
+
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 # nats-server refuses a max_payload above 64 MiB.
 _MAX_MAX_PAYLOAD = 64 * 1024 * 1024
@@ -40,10 +42,6 @@ _LOG_TAIL_BYTES = 4096
 _POLL_INTERVAL_S = 0.02
 # Wildcard listen addresses are not something a client can dial.
 _DIALABLE = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
-
-
-class BrokerError(Exception):
-    """Base of every error the embedded broker raises."""
 
 
 class BrokerBinaryNotFoundError(BrokerError, FileNotFoundError):

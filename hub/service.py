@@ -81,10 +81,10 @@ class Hub:
                     t.cancel()
         finally:
             if nc is not None and not nc.is_closed:
-                try:
-                    await asyncio.wait_for(nc.drain(), timeout=5)
+                try:  # close, not drain: every delivery was acked or will be redelivered anyway
+                    await asyncio.wait_for(nc.close(), timeout=5)
                 except (nats.errors.Error, TimeoutError) as exc:
-                    log.debug("hub: drain: %s", exc)
+                    log.debug("hub: close: %s", exc)
             if self.pipeline is not None:
                 self.pipeline.close()
             if self.store is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from simulators.faults import clock_skew
 from simulators.signals import device_model
 
 from ..config import SimulatedInputConfig
@@ -38,6 +39,8 @@ class SimulatedInput:
             n = min(due - next_tick, per_append * 8)
             if n > 0:
                 readings = model.frame(next_tick, n)
+                if s.clock_skew_ms:
+                    readings = clock_skew(readings, s.clock_skew_ms * 1000)
                 next_tick += n
                 await sink.append(readings, checkpoint=(self.name, f"{start_us}:{next_tick}"))
                 self.ticks = next_tick

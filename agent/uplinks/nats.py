@@ -28,6 +28,7 @@ class NatsUplink:
         self._nc: nats.NATS | None = None
         self._js = None
         self._up = asyncio.Event()
+        self._closing = False
         self.failures = 0
 
     @property
@@ -45,7 +46,8 @@ class NatsUplink:
 
     async def _on_disconnect(self) -> None:
         self._up.clear()
-        log.warning("uplink nats: disconnected from %s", self._s.url)
+        if not self._closing:
+            log.warning("uplink nats: disconnected from %s", self._s.url)
 
     async def _on_reconnect(self) -> None:
         self._up.set()
@@ -110,6 +112,7 @@ class NatsUplink:
 
     async def close(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
+        self._closing = True
         self._up.clear()
         if nc is not None and not nc.is_closed:
             try:
