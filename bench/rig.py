@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -239,10 +241,17 @@ async def raw_publish(messages: Sequence[Message], store_dir: Path, *, window: i
     return RawPublish(elapsed, f"{method}, window {window}")
 
 
-async def best_raw_publish(messages: Sequence[Message], tmp: Path) -> tuple[RawPublish, dict[str, float]]:
-    """The faster of the two publish styles (the stricter reference), and both timings."""
-    runs = {}
-    for method in ("concurrent", "publish_async"):
-        runs[method] = await raw_publish(messages, tmp / f"raw-{method}" / "store", method=method)
-    best = min(runs.values(), key=lambda r: r.seconds)
-    return best, {f"raw_{k}_s": v.seconds for k, v in runs.items()}
+async def best_raw_publish(messages: Sequence[Message], tmp: Path, *, rounds: int = 3
+                           ) -> tuple[RawPublish, dict[str, float]]:
+    """Each publish style `rounds` times on fresh servers (alternating, so noise hits both); the
+    faster style's median is the reference (the stricter one). Also returns every style's median."""
+    runs: dict[str, list[float]] = {"concurrent": [], "publish_async": []}
+    for r in range(rounds):
+        for method in runs:
+            done = await raw_publish(messages, tmp / f"raw-{method}-{r}" / "store", method=method)
+            runs[method].append(done.seconds)
+            shutil.rmtree(tmp / f"raw-{method}-{r}", ignore_errors=True)
+    medians = {k: statistics.median(v) for k, v in runs.items()}
+    best = min(medians, key=medians.__getitem__)
+    return RawPublish(medians[best], f"{best}, window {AGENT_MAX_IN_FLIGHT}, median of {rounds}"), \
+        {f"raw_{k}_s": v for k, v in medians.items()}
