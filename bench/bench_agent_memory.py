@@ -24,17 +24,19 @@ from pathlib import Path
 import nats
 import psutil
 
-import rig
 from figures import emit, note
+import rig
 
 from hub.broker import EmbeddedNats, EmbeddedNatsSettings
 from hub.config import StreamConfig
 from hub.ingest.jetstream import ensure_streams
 
 GOAL_MB = 60.0
-MB = 2**20
+MB = 1e6  # decimal megabytes: the goal says 60 MB
 # What the agent process imports; each measured alone. `agent.daemon` is the whole agent.
-MODULES = ("numpy", "zstandard", "nats", "pydantic", "aiomqtt", "psutil", "agent.daemon")
+# ssl, asyncio and sqlite3 are stdlib, listed because nats (ssl) and the buffer pull them in.
+MODULES = ("numpy", "zstandard", "nats", "pydantic", "aiomqtt", "psutil", "ssl", "asyncio", "sqlite3",
+           "agent.daemon")
 
 
 def _vm_hwm(pid: int) -> int | None:
@@ -117,16 +119,16 @@ async def main() -> None:
     bare_after = idle_process_rss("pass")
     bare = min(bare, bare_after)
     rss_mb = got["rss"] / MB
-    note(f"agent RSS {rss_mb:.1f} MiB after {got['up_s']:.1f}s ({got['batches_sent']} batches in the stream)")
-    emit("agent_idle_rss_mb", rss_mb, "MiB", reference="bare_python_rss_mb", reference_value=bare / MB,
-         goal=f"<= {GOAL_MB} MiB", meets_goal=rss_mb <= GOAL_MB,
+    note(f"agent RSS {rss_mb:.1f} MB after {got['up_s']:.1f}s ({got['batches_sent']} batches in the stream)")
+    emit("agent_idle_rss_mb", rss_mb, "MB", reference="bare_python_rss_mb", reference_value=bare / MB,
+         goal=f"<= {GOAL_MB} MB", meets_goal=rss_mb <= GOAL_MB,
          uss_mb=got["uss"] / MB, peak_rss_mb=(got["peak"] or 0) / MB, up_s=got["up_s"],
          batches_in_stream=got["batches_sent"], input="simulated realtime, period 1s", uplink="nats")
     if args.no_imports:
         return
     for module in MODULES:
         rss = idle_process_rss(f"import {module}")
-        emit(f"import_rss_mb[{module}]", (rss - bare) / MB, "MiB", reference="bare_python_rss_mb",
+        emit(f"import_rss_mb[{module}]", (rss - bare) / MB, "MB", reference="bare_python_rss_mb",
              reference_value=bare / MB, goal="context: where the agent's memory goes", meets_goal=None,
              process_rss_mb=rss / MB)
 

@@ -26,13 +26,12 @@ import time
 import tomllib
 from pathlib import Path
 
-import rig
 from figures import emit, note
+import rig
 
 from agent.buffer import Buffer
 from agent.config import AgentConfig
 from agent.daemon import Agent
-from hub.storage.query import lake_counts
 from protocol import Topic, msg_id, parse_duration
 from simulators.signals import device_model
 
@@ -71,8 +70,8 @@ def fill(config: AgentConfig, *, ticks: int, period_us: int, start_us: int) -> t
         buf.close()
     if stats.pending_readings != sum(b.n for b in batches):
         raise RuntimeError(f"{stats.pending_readings} readings buffered, but only {sum(b.n for b in batches)} sealed.")
-    messages = [rig.Message(Topic(TENANT, DEVICE, b.kind).subject, msg_id(TENANT, DEVICE, stats.epoch, b.seq), b.payload)
-                for b in batches]
+    messages = [rig.Message(Topic(TENANT, DEVICE, b.kind).subject, msg_id(TENANT, DEVICE, stats.epoch, b.seq),
+                            b.payload) for b in batches]
     return stats.pending_readings, messages
 
 
@@ -113,11 +112,11 @@ async def drain(mode: str, tmp: Path, source_db: Path, n: int, args, *, start_us
             finally:
                 proc.stop()
             extra = {"first_stored_s": first - started, "agent_pid": proc.pid}
-        counts = await asyncio.to_thread(lake_counts, hub.store.lake)
+        counts = await rig.lake_summary(hub)
     if counts["rows"] != n or counts["duplicate_rows"]:
         raise RuntimeError(f"The lake holds {counts} telemetry rows; expected {n} distinct.")
     return {"seconds": done - started, "hub_ready_s": hub_ready_s, "lake_rows": counts["rows"],
-            "lake_duplicate_rows": counts["duplicate_rows"], **extra}
+            "lake_duplicate_rows": counts["duplicate_rows"], "lake_files": counts["files"], **extra}
 
 
 async def main() -> None:

@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import rig  # noqa: F401  (puts the repo root on sys.path)
 from figures import emit, note
 
 from agent.buffer import Buffer

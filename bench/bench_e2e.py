@@ -26,12 +26,11 @@ import time
 import tomllib
 from pathlib import Path
 
-import rig
 from figures import emit, note
+import rig
 
 from agent.config import AgentConfig
 from agent.daemon import Agent
-from hub.storage.query import lake_counts
 from protocol import Kind, Topic, encode_batch, msg_id, parse_duration
 from simulators.signals import device_model
 
@@ -75,7 +74,7 @@ async def run_inprocess(tmp: Path, ticks: int, period: str, n: int, timeout: flo
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        counts = await asyncio.to_thread(lake_counts, hub.store.lake)
+        counts = await rig.lake_summary(hub)
         hub_stats = hub.pipeline.stats
     return {"seconds": done - started, "counts": counts, "hub_batches": hub_stats.stored_batches}
 
@@ -95,7 +94,7 @@ async def run_subprocess(tmp: Path, ticks: int, period: str, n: int, timeout: fl
                 raise RuntimeError(f"The agent exited with {code}:\n{proc.log_tail()}")
         finally:
             proc.stop()
-        counts = await asyncio.to_thread(lake_counts, hub.store.lake)
+        counts = await rig.lake_summary(hub)
         hub_stats = hub.pipeline.stats
     return {"seconds": done - started, "first_stored_s": first - started,
             "readings_per_s_after_first_stored": n / (done - first), "counts": counts,
@@ -132,6 +131,7 @@ async def main() -> None:
                  readings=n, seconds=result.pop("seconds"), agent=mode,
                  reference_method=ref.method, reference_envelopes=len(messages), **raw_times,
                  lake_rows=counts["rows"], lake_duplicate_rows=counts["duplicate_rows"],
+                 lake_files=counts["files"],
                  hub_workers=1, period=args.period, **result)
 
 

@@ -18,7 +18,6 @@ import json
 
 import zstandard as zstd
 
-import rig  # noqa: F401  (puts the repo root on sys.path)
 from figures import emit, note
 
 from protocol import Kind, decode_batch, encode_batch, parse_duration

@@ -6,7 +6,8 @@ Shape (one object per line, on stdout):
      "ratio": X / Y, "goal": ..., "meets_goal": true | false | null, ...extra fields}
 
 `meets_goal` is null only for figures printed for context, whose `goal` says so.
-Progress and diagnostics go to stderr, so stdout stays machine-readable.
+Progress and diagnostics go to stderr, so stdout stays machine-readable. Every benchmark imports
+this module first; run as `python bench/x.py`, it puts the repository root on the path.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 def _round(x: Any) -> Any:

