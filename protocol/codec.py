@@ -87,8 +87,8 @@ def _int_width(deltas: np.ndarray) -> int:
 
 
 def _decimal_scale(values: np.ndarray) -> int | None:
-    if not np.all(np.isfinite(values)):
-        return None
+    if not np.all(np.isfinite(values)) or np.any(np.abs(values) >= 2**53):
+        return None  # decimal mode cannot hold these; checking first also avoids overflow
     for k in range(_MAX_SCALE + 1):
         p = 10.0**k
         ints = np.round(values * p)
@@ -201,8 +201,15 @@ def decompress(data: bytes, codec: int, *, raw_len: int, dictionary: zstd.ZstdCo
         out = data
     elif codec == CODEC_ZSTD:
         try:
-            # max_output_size bounds memory even when the frame header lies about its size.
-            out = zstd.ZstdDecompressor(dict_data=dictionary).decompress(data, max_output_size=raw_len)
+            # python-zstandard sizes its output from the frame's content size when the frame
+            # states one and then ignores max_output_size: check that size against raw_len
+            # before anything is allocated. Bytes after the frame are refused like any others.
+            size = zstd.frame_content_size(data)
+            if size not in (-1, raw_len):
+                raise MalformedError(f"zstd frame holds {size} bytes; the header says {raw_len}.")
+            out = zstd.ZstdDecompressor(dict_data=dictionary).decompress(
+                data, max_output_size=raw_len, allow_extra_data=False
+            )
         except zstd.ZstdError as exc:
             raise MalformedError(f"zstd could not decompress the body: {exc}.") from exc
     else:

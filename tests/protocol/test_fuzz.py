@@ -3,7 +3,8 @@
 The hub dead-letters every DecodeError by its `reason`; any other exception would take the
 ingest task down. decode_batch converts stray exceptions at its boundary, so these tests also
 look at what a DecodeError was raised *from*: a numpy warning (an error under this suite's
-filterwarnings) is a bug the boundary would otherwise hide.
+filterwarnings) or a MemoryError (an allocation sized by the input rather than by max_raw) is a
+bug the boundary would otherwise hide.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def _registry() -> DictionaryRegistry:
     for i in range(200):
         n = 10 + i % 20
         ts = T0 + i * 10**8 + np.arange(n, dtype=np.int64) * 10**6
-        samples.append(encode_body(Readings.from_columns(["temperature", "humidity"], ts, np.round(rng.normal(20, 3, (n, 2)), 2))))
+        values = np.round(rng.normal(20, 3, (n, 2)), 2)
+        samples.append(encode_body(Readings.from_columns(["temperature", "humidity"], ts, values)))
     registry = DictionaryRegistry()
     registry.add(DICT_ID, zstandard.train_dictionary(1024, samples).as_bytes())
     return registry
@@ -82,7 +84,8 @@ def _readings() -> list[Readings]:
     return [
         Readings.from_columns(["temperature", "humidity"], ts, np.round(np.column_stack([21 + np.sin(t), 40 + t]), 2)),
         Readings.from_rows([("x", T0, 1.5)]),
-        Readings.from_rows([("a", 0, np.nan), ("a", 2**62, -0.0), ("b", 5, np.inf), ("b", 5, 1e-310), ("c.d:e", 7, 0.1 + 0.2)]),
+        Readings.from_rows([("a", 0, np.nan), ("a", 2**62, -0.0), ("b", 5, np.inf), ("b", 5, 1e-310),
+                            ("c.d:e", 7, 0.1 + 0.2)]),
         Readings.from_rows([("w", T0 + i * 70_000, i * 1000.123) for i in range(12)]),
     ]
 
@@ -91,7 +94,8 @@ def _envelopes() -> list[bytes]:
     out = []
     for r in _readings():
         for codec in (CODEC_NONE, CODEC_ZSTD):
-            out.append(encode_batch(r, tenant="acme", device="dev-1", kind=Kind.TELEMETRY, epoch=3, seq=9, codec=codec))
+            out.append(encode_batch(r, tenant="acme", device="dev-1", kind=Kind.TELEMETRY, epoch=3, seq=9,
+                                    codec=codec))
     out.append(encode_batch(_readings()[0], tenant="t", device="d", kind=Kind.ALERT, epoch=1, seq=2,
                             dict_id=DICT_ID, dictionaries=REGISTRY))
     return out
