@@ -25,6 +25,7 @@ class HubState:
     nats_url: str = ""
     mqtt_url: str | None = None
     api_url: str | None = None
+    restarts: dict[str, int] = field(default_factory=dict)
 
 
 class Hub:
@@ -65,13 +66,15 @@ class Hub:
             self.pipeline = Pipeline(self.store, JetStreamDeadLetters(js), cfg.ingest)
             async with asyncio.TaskGroup() as tg:
                 tasks = [
-                    tg.create_task(
-                        JetStreamSource(js, stream=cfg.broker.stream.name, settings=cfg.ingest, name=f"worker-{i}")
-                        .run(self.pipeline), name=f"ingest-{i}")
+                    tg.create_task(self._supervise(
+                        f"ingest-{i}",
+                        JetStreamSource(js, stream=cfg.broker.stream.name, settings=cfg.ingest, name=f"worker-{i}").run,
+                    ), name=f"ingest-{i}")
                     for i in range(cfg.ingest.workers)
                 ]
                 if cfg.ingest.mqtt is not None:
-                    tasks.append(tg.create_task(MqttSource(cfg.ingest.mqtt, cfg.ingest).run(self.pipeline), name="ingest-mqtt"))
+                    source = MqttSource(cfg.ingest.mqtt, cfg.ingest)
+                    tasks.append(tg.create_task(self._supervise("ingest-mqtt", source.run), name="ingest-mqtt"))
                 if cfg.api.enabled:
                     tasks.append(tg.create_task(self._serve_api(), name="api"))
                 else:
@@ -91,6 +94,21 @@ class Hub:
                 self.store.close()
             if self.broker is not None:
                 await asyncio.to_thread(self.broker.stop)
+
+    async def _supervise(self, name: str, run) -> None:
+        """Keep an ingest source running: a crash is counted, logged and restarted with backoff."""
+        delay = 0.5
+        while True:
+            try:
+                await run(self.pipeline)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the supervisor: count, log, restart
+                self.state.restarts[name] = self.state.restarts.get(name, 0) + 1
+                log.exception("hub: %s crashed (restart %d in %.1fs)", name, self.state.restarts[name], delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def _serve_api(self) -> None:
         import uvicorn

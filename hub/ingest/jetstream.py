@@ -77,7 +77,7 @@ class JetStreamSource:
         while True:
             try:
                 msgs = await sub.fetch(s.fetch_batch, timeout=timeout)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nothing to fetch; nats-py raises both its own and asyncio's
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
                 log.warning("ingest %s: %s; retrying", self.name, exc)

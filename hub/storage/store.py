@@ -59,17 +59,16 @@ class Store:
         db.execute("BEGIN IMMEDIATE")
         try:
             fresh: list[Batch] = []
+            repeats: list[Batch] = []
             keys: set[tuple] = set()
-            dups = 0
             for b in batches:
                 h = b.header
                 key = (h.tenant, h.device, h.epoch, h.seq)
                 if key in keys or meta.seen(db, tenant=h.tenant, device=h.device, epoch=h.epoch, seq=h.seq):
-                    meta.record_duplicate(db, tenant=h.tenant, device=h.device, epoch=h.epoch)
-                    dups += 1
-                    continue
-                keys.add(key)
-                fresh.append(b)
+                    repeats.append(b)
+                else:
+                    keys.add(key)
+                    fresh.append(b)
             staged = self.lake.stage(batches_to_table(fresh, received_us=received_us))
             for b in fresh:
                 h = b.header
@@ -80,6 +79,8 @@ class Store:
                 if h.kind is Kind.HEALTH:
                     meta.record_health(db, tenant=h.tenant, device=h.device, ts_us=h.t_end_us,
                                        values=_latest(b))
+            for b in repeats:  # after the fresh ones: a repeat within this fetch has its ledger row now
+                meta.record_duplicate(db, tenant=b.header.tenant, device=b.header.device, epoch=b.header.epoch)
             for s in staged:
                 db.execute("INSERT INTO lake_files VALUES (?, ?, ?)", (str(s.path), s.rows, received_us))
             readings = sum(b.header.count for b in fresh)
@@ -92,7 +93,7 @@ class Store:
                 s.tmp.unlink(missing_ok=True)
             raise
         self.lake.publish(staged)
-        return CommitResult(len(fresh), readings, dups)
+        return CommitResult(len(fresh), readings, len(repeats))
 
     def dead_letter(self, *, reason: str, error: str, subject: str, size: int) -> None:
         self.db.execute("BEGIN IMMEDIATE")

@@ -23,6 +23,7 @@ from hub.broker import EmbeddedNats
 from hub.storage import metadata as meta
 from hub.storage.lake import Lake
 from hub.storage.query import query_telemetry
+from protocol import Kind, decode_header
 from simulators.signals import device_model
 from tests.integration.harness import agent_config, device_counters, hub_config, ledger, running_hub, stored
 from tests.servers import await_until
@@ -34,12 +35,19 @@ CHANNELS = 4  # the default device model
 ROW_OVERHEAD = 32  # agent/buffer.py counts this per stored row on top of its blob
 WAIT_S = 20.0
 
-# Lossy policies: a real-time sensor, 4000 readings/s for 3 s, into 16 KiB. Sealed batches
-# compress to ~1-2 bytes a reading, so the cap is reached after ~1.5 s and, sealing every 50 ms,
-# there are sealed (numbered) batches to evict by then.
+# Lossy policies: a real-time sensor, 4000 readings/s for 3 s, into 16 KiB.
 LOSSY_MAX_BYTES = 16 * 1024
 LOSSY_TICKS = 3000
 LOSSY_PERIOD_US = 1000
+LOSSY_SETTINGS = {
+    # Sealed batches compress to ~1-2 bytes a reading: sealing every 50 ms, the cap is reached
+    # after ~1.5 s with sealed (numbered) batches in the buffer to evict or downsample.
+    "drop_oldest": {"seal_interval": "50ms", "emit_interval": "20ms"},
+    "downsample_oldest": {"seal_interval": "50ms", "emit_interval": "20ms"},
+    # Nothing sealed until shutdown: the buffer stays full of raw readings, with less room left
+    # than one 5 ms append (~450 bytes), so every run ends with the same full buffer.
+    "drop_newest": {"seal_interval": "1h", "emit_interval": "5ms"},
+}
 
 # block: an as-fast-as-possible input appends 2048 readings (36,956 bytes) at a time. 40 KiB
 # holds one such chunk plus a few sealed batches: the input is held back within seconds.
@@ -54,6 +62,8 @@ BLOCK_APPEND_TICKS = 2048 // CHANNELS  # agent/inputs/simulated.py: ticks per ap
 
 def _buffer_bytes(db: Path) -> int:
     """What the buffer counts against max_bytes, from its committed state (WAL: readable while it runs)."""
+    if not db.exists():
+        return 0
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
         return con.execute(
@@ -68,10 +78,12 @@ def _buffer_bytes(db: Path) -> int:
 
 def _checkpoint(db: Path) -> tuple[int, int] | None:
     """The simulated input's (start_us, next_tick), committed with each append."""
+    if not db.exists():
+        return None
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
         row = con.execute("SELECT value FROM checkpoints WHERE source = 'sim'").fetchone()
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError:  # schema not created yet
         return None
     finally:
         con.close()
@@ -93,16 +105,46 @@ def _drops(counters: dict) -> dict[str, float]:
     return {k: float(v) for k, v in counters.items() if k.startswith("dropped")}
 
 
-async def _watch_fill(agent: Agent, db: Path, *, timeout: float) -> int:
-    """Sample the buffer's size until the input has finished; returns the largest size seen."""
-    peak = 0
+def _thinned(db: Path, period_us: int) -> bool:
+    """Whether the buffer holds a sealed batch with fewer readings than the ticks it spans."""
+    if not db.exists():
+        return False
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        payloads = [p for (p,) in con.execute("SELECT payload FROM batches WHERE lane = ?", (Kind.TELEMETRY.lane,))]
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        con.close()
+    for payload in payloads:
+        h, _, _ = decode_header(payload, max_payload=len(payload))
+        if h.count < ((h.t_end_us - h.t_start_us) // period_us + 1) * CHANNELS:
+            return True
+    return False
+
+
+async def _watch_fill(agent: Agent, db: Path, *, timeout: float, period_us: int) -> tuple[int, bool]:
+    """Sample the buffer until the input has finished: the largest size seen, and whether a
+    sealed batch was ever seen downsampled."""
+    peak, thinned = 0, False
     deadline = time.monotonic() + timeout
     while "sim" not in agent.state.inputs_done:
-        if db.exists():
-            peak = max(peak, _buffer_bytes(db))
+        peak = max(peak, _buffer_bytes(db))
+        thinned = thinned or _thinned(db, period_us)
         assert time.monotonic() < deadline, f"the input did not finish within {timeout}s"
         await asyncio.sleep(0.02)
-    return max(peak, _buffer_bytes(db))
+    return max(peak, _buffer_bytes(db)), thinned
+
+
+async def _hub_then_outage(nats_server: EmbeddedNats, data_dir: Path) -> None:
+    """A hub ran once (its streams and durable consumer exist), then the broker went down.
+
+    The streams persist in the broker's store, so the agent's first publishes after the
+    restart land even before the hub is back.
+    """
+    async with running_hub(hub_config(data_dir, nats_url=nats_server.url)):
+        pass
+    await asyncio.to_thread(nats_server.stop)
 
 
 async def _drain(agent: Agent, task: asyncio.Task, nats_server: EmbeddedNats, data_dir: Path, device: str) -> dict:
@@ -144,15 +186,16 @@ async def test_lossy_policy_counts_every_drop_and_the_hub_shows_them(
     tmp_path: Path, nats_server: EmbeddedNats, policy: str
 ) -> None:
     device = f"wf-{policy.replace('_', '-')}"
+    settings = LOSSY_SETTINGS[policy]
     generated = LOSSY_TICKS * CHANNELS
     data_dir = tmp_path / "hub"
     db = tmp_path / f"{device}.db"
-    await asyncio.to_thread(nats_server.stop)  # the uplink's broker is down from the start
+    await _hub_then_outage(nats_server, data_dir)
     cfg = agent_config(
         tmp_path / f"{device}.toml", device=device, url=nats_server.url, tenant=TENANT,
         inputs=[{"type": "simulated", "realtime": True, "max_ticks": LOSSY_TICKS, "period": "1ms",
-                 "emit_interval": "20ms"}],
-        buffer={"max_bytes": LOSSY_MAX_BYTES, "when_full": policy, "seal_interval": "50ms"},
+                 "emit_interval": settings["emit_interval"]}],
+        buffer={"max_bytes": LOSSY_MAX_BYTES, "when_full": policy, "seal_interval": settings["seal_interval"]},
         # Health only at start and at shutdown: a periodic report into a full buffer would
         # mix its own readings into the drop counters this test balances.
         health_interval="1h",
@@ -161,7 +204,7 @@ async def test_lossy_policy_counts_every_drop_and_the_hub_shows_them(
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop, until_drained=True))
     try:
-        peak = await _watch_fill(agent, db, timeout=WAIT_S)
+        peak, thinned = await _watch_fill(agent, db, timeout=WAIT_S, period_us=LOSSY_PERIOD_US)
         # The cap is checked before every insert, so committed state never goes past it.
         assert peak <= LOSSY_MAX_BYTES, f"the buffer held {peak} bytes; its cap is {LOSSY_MAX_BYTES}"
         c = device_counters(db)
@@ -174,6 +217,8 @@ async def test_lossy_policy_counts_every_drop_and_the_hub_shows_them(
             assert c.get(f"dropped.{policy}", 0) > 0, c
             assert c.get("dropped_batches", 0) > 0, f"no sealed batch was evicted: {c}"
             assert c["appended.telemetry"] + oversize == generated, c
+        # Halving the oldest batch's resolution is tried before evicting it, and only then.
+        assert thinned == (policy == "downsample_oldest"), "a sealed batch was (not) downsampled"
         start_us, next_tick = _checkpoint(db) or (0, 0)
         assert next_tick == LOSSY_TICKS
 
@@ -209,11 +254,7 @@ async def test_lossy_policy_counts_every_drop_and_the_hub_shows_them(
         assert report["device_drops"][f"dropped.{policy}"] + report["device_drops"].get("dropped.oversize", 0) \
             == generated - counts["distinct"]
 
-    temperature_ticks = _assert_values_are_the_signal(
-        data_dir, device, start_us=start_us, period_us=LOSSY_PERIOD_US, limit=generated)
-    if policy == "downsample_oldest":
-        # Halved resolution, not only whole batches evicted: some kept readings are two ticks apart.
-        assert np.any(np.diff(temperature_ticks) == 2), "nothing was downsampled"
+    _assert_values_are_the_signal(data_dir, device, start_us=start_us, period_us=LOSSY_PERIOD_US, limit=generated)
 
 
 async def test_block_holds_the_input_back_and_loses_nothing(tmp_path: Path, nats_server: EmbeddedNats) -> None:
@@ -223,7 +264,7 @@ async def test_block_holds_the_input_back_and_loses_nothing(tmp_path: Path, nats
     db = tmp_path / f"{device}.db"
     append_bytes = len(device_model(device, start_us=BLOCK_START_US, period_us=BLOCK_PERIOD_US)
                        .frame(0, BLOCK_APPEND_TICKS).to_bytes()) + ROW_OVERHEAD
-    await asyncio.to_thread(nats_server.stop)
+    await _hub_then_outage(nats_server, data_dir)
     cfg = agent_config(
         tmp_path / f"{device}.toml", device=device, url=nats_server.url, tenant=TENANT,
         inputs=[{"type": "simulated", "realtime": False, "max_ticks": BLOCK_TICKS, "start_us": BLOCK_START_US,
@@ -242,7 +283,7 @@ async def test_block_holds_the_input_back_and_loses_nothing(tmp_path: Path, nats
 
         def held_back() -> bool:
             nonlocal peak, seen
-            peak = max(peak, _buffer_bytes(db) if db.exists() else 0)
+            peak = max(peak, _buffer_bytes(db))
             cp, since = seen
             now_cp = _checkpoint(db)
             if now_cp != cp:
