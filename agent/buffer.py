@@ -18,6 +18,7 @@ Not thread-safe: one thread owns a Buffer (AsyncBuffer runs it on a single worke
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 import time
@@ -49,7 +50,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL, data BLOB);
 """
 _LANE_KIND = {k.lane: k for k in Kind}
-_ROW_OVERHEAD = 32  # per-row bytes SQLite spends beyond the blob; keeps tiny appends honest
+_ROW_OVERHEAD = 32
+_WAL_LIMIT = 4 * 2**20  # bytes of WAL kept after a checkpoint; disk_reserve must exceed it  # per-row bytes SQLite spends beyond the blob; keeps tiny appends honest
 
 
 @dataclass(frozen=True)
@@ -98,9 +100,13 @@ class Buffer:
         self._clock = clock_us
         path = Path(settings.path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={settings.synchronous.value.upper()}")
+        # The WAL is reused after each checkpoint but never shrinks by itself: cap what it keeps.
+        self._db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
+        self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
         self._db.executescript(_SCHEMA)
         with self._tx():
             self._db.execute(
@@ -109,24 +115,40 @@ class Buffer:
         meta = dict(self._db.execute("SELECT key, value FROM meta"))
         self.epoch: int = meta["epoch"]
         self._next_seq: int = meta["next_seq"]
-        self._used = self._db.execute(
-            f"SELECT (SELECT COALESCE(SUM(length(data)) + COUNT(*) * {_ROW_OVERHEAD}, 0) FROM pending)"
-            f" + (SELECT COALESCE(SUM(length(payload)) + COUNT(*) * {_ROW_OVERHEAD}, 0) FROM batches)"
-        ).fetchone()[0]
+        self._used = self._measure()
 
     # --- plumbing ---------------------------------------------------------------------------
     def _tx(self):
-        db = self._db
+        buf = self
 
         class _Tx:
             def __enter__(self_inner):
-                db.execute("BEGIN IMMEDIATE")
+                buf._db.execute("BEGIN IMMEDIATE")
 
             def __exit__(self_inner, typ, exc, tb):
-                db.execute("COMMIT" if typ is None else "ROLLBACK")
+                if typ is None:
+                    try:
+                        buf._db.execute("COMMIT")
+                        return False
+                    except sqlite3.Error:
+                        # COMMIT can fail (disk full) and leave the transaction open
+                        buf._rollback()
+                        raise
+                buf._rollback()
                 return False
 
         return _Tx()
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        self._used = self._measure()  # in-memory accounting followed the failed transaction
+
+    def _measure(self) -> int:
+        return self._db.execute(
+            f"SELECT (SELECT COALESCE(SUM(length(data)) + COUNT(*) * {_ROW_OVERHEAD}, 0) FROM pending)"
+            f" + (SELECT COALESCE(SUM(length(payload)) + COUNT(*) * {_ROW_OVERHEAD}, 0) FROM batches)"
+        ).fetchone()[0]
 
     def _count(self, name: str, delta: int) -> None:
         if delta:
@@ -158,18 +180,32 @@ class Buffer:
         n = len(readings)
         data = readings.to_bytes() if n else b""
         size = len(data) + _ROW_OVERHEAD if n else 0
+        limit = self.limit() if n else self.settings.max_bytes
         with self._tx():
             dropped = 0
-            if n and self._used + size > self.settings.max_bytes:
+            if n and self._used + size > limit:
                 policy = self.settings.when_full
-                if policy is WhenFull.BLOCK:
-                    raise BufferFullError(size, self._used, self.settings.max_bytes)
-                if policy is WhenFull.DROP_NEWEST or size > self.settings.max_bytes:
-                    reason = "drop_newest" if policy is WhenFull.DROP_NEWEST else "oversize"
-                    self._count(f"dropped.{reason}", n)
-                    dropped, n = n, 0
+                disk_bound = limit < self.settings.max_bytes
+                if disk_bound:
+                    self._count("full.disk", 1)
+                reason = None
+                if size > self.settings.max_bytes:
+                    reason = "oversize"
+                elif policy is WhenFull.BLOCK:
+                    raise BufferFullError(size, self._used, limit)
+                elif policy is WhenFull.DROP_NEWEST:
+                    reason = "drop_newest"
                 else:
-                    self._make_room(size, policy, set(in_flight))
+                    try:
+                        self._make_room(size, limit, policy, set(in_flight))
+                    except BufferFullError:
+                        if not disk_bound:
+                            raise
+                        reason = "disk_full"  # evicted all it could and the disk is still full
+                if reason is not None:
+                    self._count(f"dropped.{reason}", n)
+                    self._count(f"refused.{kind.value}", n)
+                    dropped, n = n, 0
             if n:
                 self._db.execute(
                     "INSERT INTO pending (lane, n, created_us, data) VALUES (?, ?, ?, ?)",
@@ -181,9 +217,27 @@ class Buffer:
                 self._db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", checkpoint)
         return AppendResult(n, dropped)
 
-    def _make_room(self, size: int, policy: WhenFull, in_flight: set[int]) -> None:
+    def limit(self) -> int:
+        """The byte cap in force: `max_bytes`, or less when the disk would otherwise fill.
+
+        SQLite needs free disk even to delete (WAL pages), so a full disk would stop the agent
+        from draining at all; `disk_reserve` keeps that room, and the when_full policy applies
+        as soon as the disk, not the configured cap, is the limit. Pages SQLite freed are reused
+        without growing the file, so `used + free - reserve` is what can still be stored."""
+        st = os.statvfs(self._path.parent)
+        free = st.f_bavail * st.f_frsize
+        try:  # the WAL lives inside the reserve: its pages are reused after each checkpoint
+            wal = os.path.getsize(f"{self._path}-wal")
+        except OSError:
+            wal = 0
+        # pages freed by deletes stay in the file and are reused before it grows
+        freelist = self._db.execute("PRAGMA freelist_count").fetchone()[0] * self._page_size
+        room = free + wal + freelist - self.settings.disk_reserve
+        return max(0, min(self.settings.max_bytes, self._used + room))
+
+    def _make_room(self, size: int, limit: int, policy: WhenFull, in_flight: set[int]) -> None:
         """Evict or downsample the oldest data, lowest-priority lane first, until `size` fits."""
-        while self._used + size > self.settings.max_bytes:
+        while self._used + size > limit:
             victim = self._db.execute(
                 "SELECT 'b', seq, lane, n, created_us, length(payload) FROM batches"
                 f" WHERE seq NOT IN ({','.join('?' * len(in_flight))})"
@@ -192,7 +246,7 @@ class Buffer:
                 tuple(in_flight),
             ).fetchone()
             if victim is None:  # everything left is in flight: nothing more can go
-                raise BufferFullError(size, self._used, self.settings.max_bytes)
+                raise BufferFullError(size, self._used, limit)
             where, key, lane, n, _, nbytes = victim
             if policy is WhenFull.DOWNSAMPLE_OLDEST and n > 1 and self._downsample(where, key):
                 continue
@@ -200,6 +254,7 @@ class Buffer:
             self._db.execute(f"DELETE FROM {table} WHERE {col} = ?", (key,))
             self._used -= nbytes + _ROW_OVERHEAD
             self._count(f"dropped.{policy.value}", n)
+            self._count(f"evicted.{_LANE_KIND[lane].value}", n)
             if where == "b":
                 self._count("dropped_batches", 1)
 
@@ -209,9 +264,11 @@ class Buffer:
             payload = self._db.execute("SELECT payload FROM batches WHERE seq = ?", (key,)).fetchone()[0]
             batch = decode_batch(payload, max_payload=len(payload))
             readings, h = batch.readings.canonical(), batch.header
+            kind = h.kind
         else:
-            data = self._db.execute("SELECT data FROM pending WHERE id = ?", (key,)).fetchone()[0]
+            data, lane = self._db.execute("SELECT data, lane FROM pending WHERE id = ?", (key,)).fetchone()
             readings = Readings.from_bytes(data).canonical()
+            kind = _LANE_KIND[lane]
         # rank within channel: rows are sorted by (channel, ts), so index minus channel start
         starts = np.searchsorted(readings.channel, readings.channel)
         keep = ((np.arange(len(readings)) - starts) % 2) == 0
@@ -227,6 +284,7 @@ class Buffer:
             self._db.execute("UPDATE pending SET data = ?, n = ? WHERE id = ?", (new, len(kept), key))
         self._used += len(new) - old_len
         self._count("dropped.downsample_oldest", removed)
+        self._count(f"evicted.{kind.value}", removed)
         return True
 
     def checkpoint(self, source: str) -> str | None:

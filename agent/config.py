@@ -71,6 +71,7 @@ class BufferConfig(_Model):
     live_window: Duration = timedelta(seconds=5)
     synchronous: Synchronous = Synchronous.FULL
     compression_level: int = Field(3, ge=1, le=19)
+    disk_reserve: ByteSize = 16 * 2**20  # free disk kept for SQLite's WAL; below it, when_full applies
 
 
 class TlsConfig(_Model):

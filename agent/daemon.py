@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,21 +45,26 @@ class Agent:
         self.final_stats: BufferStats | None = None  # the buffer's last stats, kept after close
 
     # --- supervised tasks -----------------------------------------------------------------
-    async def _supervise_input(self, inp: Input) -> None:
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a task until it returns; a crash (disk full, a bug) is counted, logged and
+        restarted with backoff, so one failing part never stops the daemon."""
         backoff = Backoff(BackoffConfig())
         while True:
             try:
-                await inp.run(self.buffer)
-                self.state.inputs_done.add(inp.name)
-                log.info("input %s finished", inp.name)
+                await run()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the supervisor: count, log, restart
-                self.state.errors[f"input:{inp.name}"] = self.state.errors.get(f"input:{inp.name}", 0) + 1
+                self.state.errors[name] = self.state.errors.get(name, 0) + 1
                 delay = backoff.next_delay()
-                log.exception("input %s failed (%s); restarting in %.1fs", inp.name, exc, delay)
+                log.exception("%s failed (%s); restarting in %.1fs", name, exc, delay)
                 await asyncio.sleep(delay)
+
+    async def _run_input(self, inp: Input) -> None:
+        await self._supervise(f"input:{inp.name}", lambda: inp.run(self.buffer))
+        self.state.inputs_done.add(inp.name)
+        log.info("input %s finished", inp.name)
 
     async def _seal_loop(self) -> None:
         interval = self.config.buffer.seal_interval.total_seconds()
@@ -98,17 +105,19 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as tg:
                 core = [
-                    tg.create_task(self.uplink.run(), name="uplink"),
-                    tg.create_task(self.sender.run(), name="sender"),
-                    tg.create_task(self._seal_loop(), name="sealer"),
+                    tg.create_task(self._supervise(name, fn), name=name)
+                    for name, fn in (("uplink", self.uplink.run), ("sender", self.sender.run), ("sealer", self._seal_loop))
                 ]
-                health = tg.create_task(self._health_loop(probe), name="health")
-                inputs = [tg.create_task(self._supervise_input(i), name=f"input:{i.name}") for i in self.inputs]
+                health = tg.create_task(self._supervise("health", lambda: self._health_loop(probe)), name="health")
+                inputs = [tg.create_task(self._run_input(i), name=f"input:{i.name}") for i in self.inputs]
                 self.state.ready.set()
                 await _first(stop.wait(), *([asyncio.gather(*inputs)] if until_drained else []))
                 for t in (*inputs, health):
                     t.cancel()
-                await self._report_health(probe)
+                try:
+                    await self._report_health(probe)
+                except sqlite3.Error as exc:  # a full disk must not stop the final flush
+                    log.warning("shutdown: last health report not stored: %s", exc)
                 await self._flush(stop if until_drained else None)
                 for t in core:
                     t.cancel()

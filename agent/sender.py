@@ -45,6 +45,10 @@ class Sender:
         self._wake.set()
 
     async def run(self) -> None:
+        # A restart after a crash: whatever was in flight is unknown, so send it again (the hub
+        # drops repeats) rather than leave it marked in flight for ever.
+        self._buffer.in_flight.clear()
+        self._acked.clear()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._ack_loop(), name="sender-acks")

@@ -13,6 +13,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import nats
 import numpy as np
 import pytest
 
@@ -20,6 +21,7 @@ from agent.config import load_config
 from agent.daemon import Agent
 from hub.api.app import device_report
 from hub.broker import EmbeddedNats
+from hub.ingest.jetstream import ensure_streams
 from hub.storage import metadata as meta
 from hub.storage.lake import Lake
 from hub.storage.query import query_telemetry
@@ -136,14 +138,17 @@ async def _watch_fill(agent: Agent, db: Path, *, timeout: float, period_us: int)
     return max(peak, _buffer_bytes(db)), thinned
 
 
-async def _hub_then_outage(nats_server: EmbeddedNats, data_dir: Path) -> None:
-    """A hub ran once (its streams and durable consumer exist), then the broker went down.
+async def _streams_then_outage(nats_server: EmbeddedNats, data_dir: Path) -> None:
+    """The hub's streams exist (as after any earlier hub run), then the broker goes down.
 
-    The streams persist in the broker's store, so the agent's first publishes after the
-    restart land even before the hub is back.
+    They persist in the broker's store, so the agent's first publishes after the restart land
+    even before the hub is back.
     """
-    async with running_hub(hub_config(data_dir, nats_url=nats_server.url)):
-        pass
+    nc = await nats.connect(nats_server.url, connect_timeout=5, allow_reconnect=False)
+    try:
+        await ensure_streams(nc.jetstream(timeout=10), hub_config(data_dir, nats_url=nats_server.url).broker.stream)
+    finally:
+        await nc.close()
     await asyncio.to_thread(nats_server.stop)
 
 
@@ -190,7 +195,7 @@ async def test_lossy_policy_counts_every_drop_and_the_hub_shows_them(
     generated = LOSSY_TICKS * CHANNELS
     data_dir = tmp_path / "hub"
     db = tmp_path / f"{device}.db"
-    await _hub_then_outage(nats_server, data_dir)
+    await _streams_then_outage(nats_server, data_dir)
     cfg = agent_config(
         tmp_path / f"{device}.toml", device=device, url=nats_server.url, tenant=TENANT,
         inputs=[{"type": "simulated", "realtime": True, "max_ticks": LOSSY_TICKS, "period": "1ms",
@@ -264,7 +269,7 @@ async def test_block_holds_the_input_back_and_loses_nothing(tmp_path: Path, nats
     db = tmp_path / f"{device}.db"
     append_bytes = len(device_model(device, start_us=BLOCK_START_US, period_us=BLOCK_PERIOD_US)
                        .frame(0, BLOCK_APPEND_TICKS).to_bytes()) + ROW_OVERHEAD
-    await _hub_then_outage(nats_server, data_dir)
+    await _streams_then_outage(nats_server, data_dir)
     cfg = agent_config(
         tmp_path / f"{device}.toml", device=device, url=nats_server.url, tenant=TENANT,
         inputs=[{"type": "simulated", "realtime": False, "max_ticks": BLOCK_TICKS, "start_us": BLOCK_START_US,
