@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 _LANE_KIND = {k.lane: k for k in Kind}
 _ROW_OVERHEAD = 32
+_PRIORITY_OVERDRAFT = 2**20  # bytes health/alerts may exceed the cap under block and drop_newest
 _WAL_LIMIT = 4 * 2**20  # bytes of WAL kept after a checkpoint; disk_reserve must exceed it  # per-row bytes SQLite spends beyond the blob; keeps tiny appends honest
 
 
@@ -189,8 +190,13 @@ class Buffer:
                 if disk_bound:
                     self._count("full.disk", 1)
                 reason = None
+                # A full buffer must not silence the device's own reports: health and alerts
+                # may overdraw the cap a little under the policies that never evict.
+                overdraft = kind is not Kind.TELEMETRY and self._used + size <= limit + _PRIORITY_OVERDRAFT
                 if size > self.settings.max_bytes:
                     reason = "oversize"
+                elif overdraft and policy in (WhenFull.BLOCK, WhenFull.DROP_NEWEST):
+                    pass
                 elif policy is WhenFull.BLOCK:
                     raise BufferFullError(size, self._used, limit)
                 elif policy is WhenFull.DROP_NEWEST:

@@ -226,3 +226,16 @@ def test_bytes_used_is_recomputed_on_open(tmp_path):
     used = b.bytes_used
     b.close()
     assert make(tmp_path).bytes_used == used
+
+
+@pytest.mark.parametrize("policy", ["block", "drop_newest"])
+def test_health_is_not_crowded_out_by_a_full_buffer(tmp_path, policy):
+    b = make(tmp_path, max_bytes=4000, when_full=policy)
+    b.append(readings(150))
+    if policy == "block":
+        with pytest.raises(BufferFullError):
+            b.append(readings(100))
+    else:
+        assert b.append(readings(100)).dropped == 100
+    assert b.append(readings(20), kind=Kind.HEALTH).accepted == 20
+    assert b.stats().bytes_used > 4000  # the overdraft, bounded at 1 MiB
