@@ -131,8 +131,8 @@ class Hub:
             self.state.api_url = f"http://{sock[0]}:{sock[1]}"
             self.state.ready.set()
             log.info("hub: HTTP API at %s", self.state.api_url)
-            await task
+            await asyncio.shield(task)  # cancelling us must not cancel uvicorn mid-serve
         finally:
-            server.should_exit = True
+            server.should_exit = True  # uvicorn's own shutdown closes its sockets
             if not task.done():
                 await asyncio.wait_for(task, timeout=5)

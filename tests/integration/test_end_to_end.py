@@ -55,6 +55,15 @@ def _devices(data_dir: Path) -> dict[str, dict]:
         db.close()
 
 
+def _first_received_us(data_dir: Path, device: str) -> int:
+    db = meta.connect(data_dir / "meta.db")
+    try:
+        return db.execute("SELECT MIN(received_us) FROM batches WHERE tenant = ? AND device = ?",
+                          (TENANT, device)).fetchone()[0]
+    finally:
+        db.close()
+
+
 async def _assert_stored_once(data_dir: Path, device: str) -> None:
     expected = TICKS * CHANNELS
     # The agent is done when the broker acknowledged; the hub may still be committing.
@@ -73,7 +82,8 @@ async def _assert_stored_once(data_dir: Path, device: str) -> None:
     assert stream.hwm == stream.batches  # seq 1..hwm, each stored once
     assert stream.batches >= expected // BATCH  # telemetry batches, plus health batches
 
-    dev = _devices(data_dir)[device]  # registered on first contact
+    dev = _devices(data_dir)[device]
+    assert dev["first_seen_us"] == _first_received_us(data_dir, device)  # registered on first contact
     assert dev["first_seen_us"] <= dev["last_seen_us"]
     assert dev["missing_batches"] == 0
     health = dev["last_health"]
