@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import socket
@@ -234,6 +235,7 @@ class EmbeddedNats:
         self._config_path.write_text(render_config(settings), encoding="utf-8")
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         log_offset = self._log_path.stat().st_size if self._log_path.exists() else 0
+        self._stop_orphan()
         with self._log_path.open("ab") as log:
             # A new session keeps a terminal's Ctrl-C away from the broker: the owner stops it
             # after the pipelines above it have drained.
@@ -244,11 +246,35 @@ class EmbeddedNats:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        self._pid_path.write_text(str(self._proc.pid))
         try:
             self._wait_ready(log_offset)
         except BaseException:
             self.kill()
             raise
+
+    @property
+    def _pid_path(self) -> Path:
+        return self._config_path.with_suffix(".pid")
+
+    def _stop_orphan(self) -> None:
+        """A hub killed with SIGKILL leaves its nats-server running, holding the ports and the
+        store: stop it, but only if it is a nats-server started with this very config file."""
+        try:
+            pid = int(self._pid_path.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if not any(Path(os.fsdecode(a)).name == "nats-server" for a in cmdline[:1]) or os.fsencode(
+            str(self._config_path)
+        ) not in cmdline:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (nats-server flushes and closes its stores), then SIGKILL after `timeout` seconds."""
@@ -263,6 +289,7 @@ class EmbeddedNats:
                 proc.kill()
                 proc.wait()
         self._proc = None
+        self._pid_path.unlink(missing_ok=True)
 
     def kill(self) -> None:
         """SIGKILL now and wait for the exit: the broker gets no chance to flush or close its stores.
@@ -277,6 +304,7 @@ class EmbeddedNats:
             proc.kill()
         proc.wait()
         self._proc = None
+        self._pid_path.unlink(missing_ok=True)
 
     def restart(self, timeout: float = 10.0) -> None:
         """stop() then start(), on the same ports and store_dir."""

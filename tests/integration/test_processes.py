@@ -105,7 +105,49 @@ def test_hub_sigterm_stops_its_embedded_broker(tmp_path):
         wait_until(lambda: not children[0].is_running() or children[0].status() == psutil.STATUS_ZOMBIE,
                    timeout=10, what="nats-server to stop")
     finally:
+        leftovers = [c for c in psutil.Process(proc.pid).children(recursive=True)] if proc.poll() is None else []
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+        for child in leftovers:  # never leave a broker behind when the test fails
+            if child.is_running():
+                child.kill()
         proc.stdout.close()
+
+
+def _start_hub(tmp_path):
+    cfg = write_toml(tmp_path / "hub.toml", {"broker": {"embedded": {"port": 0, "mqtt_port": 0, "http_port": 0}}})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeloop", "hub", "serve", "--config", str(cfg), "--data-dir", str(tmp_path / "hub"),
+         "--no-api"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    for line in proc.stdout:
+        if line.startswith('{"event": "ready"'):
+            brokers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "nats-server" in c.name()]
+            return proc, brokers[0]
+    proc.wait(timeout=10)
+    pytest.fail(f"hub exited with {proc.returncode} before it was ready")
+
+
+def test_a_hub_killed_with_sigkill_does_not_block_the_next_start(tmp_path):
+    first, orphan = _start_hub(tmp_path)
+    first.kill()
+    first.wait(timeout=10)
+    first.stdout.close()
+    assert orphan.is_running()  # SIGKILL gave the hub no chance to stop its broker
+    second, broker = _start_hub(tmp_path)
+    try:
+        wait_until(lambda: not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE, timeout=15,
+                   what="the orphaned nats-server to be stopped")
+        assert broker.pid != orphan.pid
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 0
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait(timeout=10)
+        second.stdout.close()
+        for b in (orphan, broker):
+            if b.is_running() and b.status() != psutil.STATUS_ZOMBIE:
+                b.kill()
