@@ -74,8 +74,19 @@ class AsyncBuffer:
                 except TimeoutError:
                     pass
 
+    async def report(self, build: Callable[[BufferStats], Readings], *, kind: Kind = Kind.HEALTH) -> AppendResult:
+        """Append a report built from the buffer's own stats, taken after any room was made."""
+        def store() -> AppendResult:
+            b = self.sync
+            return b.append(build(b.stats()), kind=kind, in_flight=tuple(self.in_flight), rebuild=build)
+
+        return await self._call(store)
+
     async def seal(self, *, force: bool = False) -> int:
-        return await self._call(self.sync.seal, force=force)
+        made = await self._call(self.sync.seal, force=force)
+        if made:
+            self._room.set()  # sealing compresses: an input waiting under `block` may fit now
+        return made
 
     async def next_batches(self, limit: int) -> list[SealedBatch]:
         return await self._call(self.sync.next_batches, limit, exclude=tuple(self.in_flight))

@@ -173,10 +173,12 @@ class Buffer:
         kind: Kind = Kind.TELEMETRY,
         checkpoint: tuple[str, str] | None = None,
         in_flight: Iterable[int] = (),
+        rebuild: Callable[[BufferStats], Readings] | None = None,
     ) -> AppendResult:
         """Store readings (and the input's checkpoint) in one transaction.
 
-        Raises BufferFullError only under `when_full = block`, having stored nothing.
+        `rebuild`, for health reports, makes the readings again from the buffer's stats after
+        room was made. Raises BufferFullError only under `when_full = block`, having stored nothing.
         """
         n = len(readings)
         data = readings.to_bytes() if n else b""
@@ -212,6 +214,12 @@ class Buffer:
                     self._count(f"dropped.{reason}", n)
                     self._count(f"refused.{kind.value}", n)
                     dropped, n = n, 0
+            if n and rebuild is not None:
+                # a report about the buffer itself: re-read it now that room was made, so it
+                # counts the evictions its own storage caused
+                readings = rebuild(self.stats())
+                n, data = len(readings), readings.to_bytes()
+                size = len(data) + _ROW_OVERHEAD
             if n:
                 self._db.execute(
                     "INSERT INTO pending (lane, n, created_us, data) VALUES (?, ?, ?, ?)",

@@ -16,6 +16,7 @@ from .asyncbuffer import AsyncBuffer
 from .backoff import Backoff
 from .buffer import BufferStats
 from .config import AgentConfig, BackoffConfig
+from .errors import BufferFullError
 from .health import HealthProbe
 from .inputs import Input, make_input
 from .sender import Sender
@@ -79,8 +80,7 @@ class Agent:
             await asyncio.sleep(self.config.health.interval.total_seconds())
 
     async def _report_health(self, probe: HealthProbe) -> None:
-        stats = await self.buffer.stats()
-        await self.buffer.append(probe.snapshot(stats), kind=Kind.HEALTH)
+        await self.buffer.report(probe.snapshot, kind=Kind.HEALTH)
 
     def _uplink_state(self) -> dict[str, float]:
         return {
@@ -116,7 +116,7 @@ class Agent:
                     t.cancel()
                 try:
                     await self._report_health(probe)
-                except sqlite3.Error as exc:  # a full disk must not stop the final flush
+                except (sqlite3.Error, BufferFullError) as exc:  # a full disk must not stop the final flush
                     log.warning("shutdown: last health report not stored: %s", exc)
                 await self._flush(stop if until_drained else None)
                 for t in core:

@@ -59,7 +59,7 @@ class Sender:
 
     async def _send_loop(self) -> None:
         cap = self._cfg.uplink.max_in_flight
-        poll = max(0.05, self._cfg.buffer.seal_interval.total_seconds() / 2)
+        poll = min(0.5, max(0.05, self._cfg.buffer.seal_interval.total_seconds() / 2))
         rate = self._cfg.uplink.backlog_batches_per_s
         live_us = int(self._cfg.buffer.live_window.total_seconds() * 1e6)
         while True:
@@ -103,6 +103,7 @@ class Sender:
             delay = self._backoff.next_delay()
             self._retry_at = max(self._retry_at, time.monotonic() + delay)
             log.warning("sender: batch %d not acknowledged (%s); retrying in %.2fs", seq, exc, delay)
+            self._wake.set()  # let the loop sleep exactly the backoff, not a whole poll
             return
         self._backoff.reset()
         self.published += 1

@@ -64,24 +64,30 @@ class Hub:
             await ensure_streams(js, cfg.broker.stream)
             self.store = await asyncio.to_thread(Store, cfg.data_dir)
             self.pipeline = Pipeline(self.store, JetStreamDeadLetters(js), cfg.ingest)
-            async with asyncio.TaskGroup() as tg:
-                tasks = [
-                    tg.create_task(self._supervise(
-                        f"ingest-{i}",
-                        JetStreamSource(js, stream=cfg.broker.stream.name, settings=cfg.ingest, name=f"worker-{i}").run,
-                    ), name=f"ingest-{i}")
-                    for i in range(cfg.ingest.workers)
-                ]
+            tasks = [
+                asyncio.create_task(self._supervise(
+                    f"ingest-{i}",
+                    JetStreamSource(js, stream=cfg.broker.stream.name, settings=cfg.ingest, name=f"worker-{i}").run,
+                ), name=f"ingest-{i}")
+                for i in range(cfg.ingest.workers)
+            ]
+            try:
                 if cfg.ingest.mqtt is not None:
                     source = MqttSource(cfg.ingest.mqtt, cfg.ingest)
-                    tasks.append(tg.create_task(self._supervise("ingest-mqtt", source.run), name="ingest-mqtt"))
+                    tasks.append(asyncio.create_task(self._supervise("ingest-mqtt", source.run), name="ingest-mqtt"))
+                    # Mosquitto keeps nothing for a session it has never seen: not ready before it has.
+                    try:
+                        await asyncio.wait_for(source.connected.wait(), timeout=30)
+                    except TimeoutError:
+                        log.warning("hub: no connection to %s yet; ingest from it starts when it answers",
+                                    cfg.ingest.mqtt.url)
                 if cfg.api.enabled:
-                    tasks.append(tg.create_task(self._serve_api(), name="api"))
+                    tasks.append(asyncio.create_task(self._serve_api(), name="api"))
                 else:
                     self.state.ready.set()
-                await stop.wait()
-                for t in tasks:
-                    t.cancel()
+                await _first_of(stop.wait(), *tasks)
+            finally:
+                await _cancel(tasks)
         finally:
             if nc is not None and not nc.is_closed:
                 try:  # close, not drain: every delivery was acked or will be redelivered anyway
@@ -136,3 +142,27 @@ class Hub:
             server.should_exit = True  # uvicorn's own shutdown closes its sockets
             if not task.done():
                 await asyncio.wait_for(task, timeout=5)
+
+
+async def _first_of(*aws) -> None:
+    """Wait for the stop event, or for a task that ended early (its error is raised)."""
+    waiters = [asyncio.ensure_future(a) for a in aws]
+    done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    waiters[0].cancel()
+    for t in done:
+        if t is not waiters[0] and not t.cancelled() and t.exception() is not None:
+            raise t.exception()
+
+
+async def _cancel(tasks: list[asyncio.Task], *, timeout: float = 5.0) -> None:
+    """Cancel and wait, re-cancelling a task that swallowed its cancellation (nats-py can)."""
+    for attempt in range(3):
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            return
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(pending, timeout=timeout)
+    stuck = [t.get_name() for t in tasks if not t.done()]
+    if stuck:
+        log.error("hub: tasks did not stop: %s", ", ".join(stuck))

@@ -36,7 +36,7 @@ class SimulatedInput:
                 due = next_tick + per_append
             if s.max_ticks is not None:
                 due = min(due, s.max_ticks)
-            n = min(due - next_tick, per_append * 8)
+            n = min(due - next_tick, per_append)  # catching up: several appends, never one huge one
             if n > 0:
                 readings = model.frame(next_tick, n)
                 if s.clock_skew_ms:

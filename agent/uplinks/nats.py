@@ -59,7 +59,10 @@ class NatsUplink:
     async def run(self) -> None:
         backoff = Backoff(self._s.backoff)
         try:
+            me = asyncio.current_task()
             while True:
+                if me is not None and me.cancelling():  # nats-py can swallow a cancellation
+                    raise asyncio.CancelledError
                 closed = asyncio.Event()
 
                 async def on_closed() -> None:

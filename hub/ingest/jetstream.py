@@ -74,7 +74,12 @@ class JetStreamSource:
             ),
         )
         timeout = s.fetch_timeout.total_seconds()
+        me = asyncio.current_task()
         while True:
+            # nats-py 2.16 can swallow a cancellation that lands inside a request (fetch and
+            # pull_subscribe are requests); honour it here or the hub never stops.
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
             try:
                 msgs = await sub.fetch(s.fetch_batch, timeout=timeout)
             except TimeoutError:  # nothing to fetch; nats-py raises both its own and asyncio's

@@ -39,14 +39,19 @@ class MqttSource:
         def on_connect(c, userdata, flags, reason, props):
             if not reason.is_failure:
                 c.subscribe(self._s.topic_filter, qos=1)
-                loop.call_soon_threadsafe(self.connected.set)
             log.info("ingest mqtt: connect to %s: %s", self._s.url, reason)
+
+        def on_subscribe(c, userdata, mid, reasons, props):
+            # SUBACK: from now on the broker keeps this session's messages, even while we are away
+            if reasons and not reasons[0].is_failure:
+                loop.call_soon_threadsafe(self.connected.set)
 
         def on_disconnect(c, userdata, flags, reason, props):
             loop.call_soon_threadsafe(self.connected.clear)
             log.warning("ingest mqtt: disconnected from %s: %s", self._s.url, reason)
 
         client.on_connect = on_connect
+        client.on_subscribe = on_subscribe
         client.on_disconnect = on_disconnect
         client.on_message = lambda c, userdata, msg: loop.call_soon_threadsafe(queue.put_nowait, msg)
         client.connect_async(u.hostname or "127.0.0.1", u.port or 1883, keepalive=30)
