@@ -59,16 +59,24 @@ def demo(
     mqtt_share: float = typer.Option(0.25, "--mqtt-share", min=0.0, max=1.0, help="Fraction of devices on MQTT."),
     period_ms: int = typer.Option(100, "--period-ms", min=1, help="Sampling period of every virtual sensor."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Keep data here (default: a temp dir)."),
+    outage: list[str] = typer.Option([], "--outage", help="Stop the broker at START for DURATION seconds: 10:5 (repeatable)."),
 ) -> None:
     """Embedded broker + hub + a simulated fleet, with a live table; ends with a JSON summary."""
     from rich.console import Console
 
+    from simulators.outages import Outage
+
     from .demo import run_demo
 
+    try:
+        outages = [Outage.parse(o) for o in outage]
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     _log("warning")
     console = Console(stderr=as_json)
     summary = asyncio.run(run_demo(devices=devices, duration=duration, live=not as_json, data_dir=data_dir,
-                                   mqtt_share=mqtt_share, period_ms=period_ms, console=console))
+                                   mqtt_share=mqtt_share, period_ms=period_ms, console=console, outages=outages))
     typer.echo(json.dumps(summary, indent=None if as_json else 2))
     if summary["lost"] or summary["duplicates"]:
         raise typer.Exit(1)

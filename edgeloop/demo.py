@@ -17,6 +17,7 @@ from hub.config import HubConfig
 from hub.service import Hub
 from hub.storage.query import lake_counts
 from simulators.fleet import DeviceView, Fleet, FleetSpec
+from simulators.outages import Outage, run_outages
 
 
 def _table(views: list[DeviceView], *, stored: int, elapsed: float, rate: float, shown: int = 20) -> Table:
@@ -33,7 +34,7 @@ def _table(views: list[DeviceView], *, stored: int, elapsed: float, rate: float,
 
 async def run_demo(
     *, devices: int, duration: float, live: bool, data_dir: Path | None = None, mqtt_share: float = 0.25,
-    period_ms: int = 100, console: Console | None = None,
+    period_ms: int = 100, console: Console | None = None, outages: list[Outage] = (),
 ) -> dict:
     holder = tempfile.TemporaryDirectory(prefix="edgeloop-demo-") if data_dir is None else nullcontext(str(data_dir))
     with holder as root:
@@ -53,6 +54,7 @@ async def run_demo(
             ))
             t0 = time.monotonic()
             fleet_task = asyncio.create_task(fleet.run(fleet_stop), name="fleet")
+            outage_task = asyncio.create_task(run_outages(hub.broker, list(outages))) if outages else None
             view = Live(console=console, refresh_per_second=4) if live else nullcontext()
             with view:
                 while (elapsed := time.monotonic() - t0) < duration and not fleet_task.done():
@@ -61,6 +63,8 @@ async def run_demo(
                         view.update(_table(await fleet.views(), stored=stored, elapsed=elapsed,
                                            rate=stored / max(elapsed, 1e-6)))
                     await asyncio.sleep(0.25)
+                if outage_task is not None:
+                    await outage_task  # the broker is back before the fleet drains
                 fleet_stop.set()
                 await fleet_task
                 views = await fleet.views()

@@ -50,10 +50,10 @@ async def test_devices_and_telemetry_through_the_api(tmp_path, nats_server):
         assert missing.returncode == 4 and "never been seen" in missing.stderr
 
 
-def test_demo_json_summary_shows_nothing_lost(tmp_path):
+def test_demo_json_summary_shows_nothing_lost_across_an_outage(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "edgeloop", "demo", "--devices", "4", "--duration", "4", "--json", "--period-ms", "20",
-         "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "edgeloop", "demo", "--devices", "4", "--duration", "5", "--json", "--period-ms", "20",
+         "--data-dir", str(tmp_path), "--outage", "1:2"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 0, r.stderr[-3000:]
