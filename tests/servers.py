@@ -84,8 +84,11 @@ class Mosquitto:
         port: int = 0,
         binary: str | None = None,
         ready_timeout: float = 10.0,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.directory = Path(directory).absolute()
+        self.tls = tls  # (CA, server certificate, server key): a second listener, TLS only
+        self.tls_port = free_port("127.0.0.1") if tls else None
         self.host = "127.0.0.1"
         self.port = port or free_port(self.host)
         self._binary = binary
@@ -95,6 +98,10 @@ class Mosquitto:
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def tls_url(self) -> str | None:
+        return f"mqtts://{self.host}:{self.tls_port}" if self.tls else None
 
     @property
     def config_path(self) -> Path:
@@ -122,6 +129,8 @@ class Mosquitto:
         return "\n".join(
             [
                 f"listener {self.port} {self.host}",
+                *([f"listener {self.tls_port} {self.host}", f"cafile {self.tls[0]}", f"certfile {self.tls[1]}",
+                   f"keyfile {self.tls[2]}"] if self.tls else []),
                 "allow_anonymous true",
                 # Run as whoever runs the tests: as root, mosquitto would otherwise switch to the
                 # `mosquitto` user, which cannot write into a pytest tmp_path.

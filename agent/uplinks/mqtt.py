@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -71,6 +72,7 @@ class MqttUplink:
             except aiomqtt.MqttError as exc:
                 self._up.clear()
                 self._client = None
+                _release_frames(exc)
                 delay = backoff.next_delay()
                 log.warning("uplink mqtt: %s: %s; next try in %.1fs", self._s.url, exc, delay)
                 await asyncio.sleep(delay)
@@ -91,3 +93,13 @@ class MqttUplink:
     async def close(self) -> None:
         self._up.clear()
 
+
+
+def _release_frames(exc: BaseException) -> None:
+    """paho-mqtt 2.2 leaves the socket of a failed TLS handshake to the traceback's frames;
+    clearing them frees the socket now rather than whenever the exception is collected."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
