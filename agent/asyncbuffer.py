@@ -59,11 +59,17 @@ class AsyncBuffer:
     async def append(
         self, readings: Readings, *, kind: Kind = Kind.TELEMETRY, checkpoint: tuple[str, str] | None = None
     ) -> AppendResult:
+        return await self.append_groups([(kind, readings)], checkpoint=checkpoint)
+
+    async def append_groups(
+        self, groups: list[tuple[Kind, Readings]], *, checkpoint: tuple[str, str] | None = None
+    ) -> AppendResult:
+        """Several kinds from one input chunk, with its checkpoint, in one transaction."""
         while True:
             self._room.clear()
             try:
                 return await self._call(
-                    self.sync.append, readings, kind=kind, checkpoint=checkpoint, in_flight=tuple(self.in_flight)
+                    self.sync.append_groups, groups, checkpoint=checkpoint, in_flight=tuple(self.in_flight)
                 )
             except BufferFullError:
                 if self._settings.when_full.value != "block" and not self.in_flight:

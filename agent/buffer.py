@@ -22,7 +22,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,55 +180,78 @@ class Buffer:
         `rebuild`, for health reports, makes the readings again from the buffer's stats after
         room was made. Raises BufferFullError only under `when_full = block`, having stored nothing.
         """
+        return self.append_groups([(kind, readings)], checkpoint=checkpoint, in_flight=in_flight, rebuild=rebuild)
+
+    def append_groups(
+        self,
+        groups: Sequence[tuple[Kind, Readings]],
+        *,
+        checkpoint: tuple[str, str] | None = None,
+        in_flight: Iterable[int] = (),
+        rebuild: Callable[[BufferStats], Readings] | None = None,
+    ) -> AppendResult:
+        """Readings of several kinds (one input chunk) and the checkpoint, in one transaction."""
+        in_flight = set(in_flight)
+        accepted = dropped = 0
+        with self._tx():
+            for kind, readings in groups:
+                result = self._store(readings, kind, in_flight, rebuild)
+                accepted += result.accepted
+                dropped += result.dropped
+            if checkpoint is not None:
+                self._db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", checkpoint)
+        return AppendResult(accepted, dropped)
+
+    def _store(
+        self, readings: Readings, kind: Kind, in_flight: set[int], rebuild: Callable[[BufferStats], Readings] | None
+    ) -> AppendResult:
+        """Apply the byte cap and store one chunk. Inside a transaction."""
         n = len(readings)
         data = readings.to_bytes() if n else b""
         size = len(data) + _ROW_OVERHEAD if n else 0
         limit = self.limit() if n else self.settings.max_bytes
-        with self._tx():
-            dropped = 0
-            if n and self._used + size > limit:
-                policy = self.settings.when_full
-                disk_bound = limit < self.settings.max_bytes
-                if disk_bound:
-                    self._count("full.disk", 1)
-                reason = None
-                # A full buffer must not silence the device's own reports: health and alerts
-                # may overdraw the cap a little under the policies that never evict.
-                overdraft = kind is not Kind.TELEMETRY and self._used + size <= limit + _PRIORITY_OVERDRAFT
-                if size > self.settings.max_bytes:
-                    reason = "oversize"
-                elif overdraft and policy in (WhenFull.BLOCK, WhenFull.DROP_NEWEST):
-                    pass
-                elif policy is WhenFull.BLOCK:
-                    raise BufferFullError(size, self._used, limit)
-                elif policy is WhenFull.DROP_NEWEST:
-                    reason = "drop_newest"
-                else:
-                    try:
-                        self._make_room(size, limit, policy, set(in_flight))
-                    except BufferFullError:
-                        if not disk_bound:
-                            raise
-                        reason = "disk_full"  # evicted all it could and the disk is still full
-                if reason is not None:
-                    self._count(f"dropped.{reason}", n)
-                    self._count(f"refused.{kind.value}", n)
-                    dropped, n = n, 0
-            if n and rebuild is not None:
-                # a report about the buffer itself: re-read it now that room was made, so it
-                # counts the evictions its own storage caused
-                readings = rebuild(self.stats())
-                n, data = len(readings), readings.to_bytes()
-                size = len(data) + _ROW_OVERHEAD
-            if n:
-                self._db.execute(
-                    "INSERT INTO pending (lane, n, created_us, data) VALUES (?, ?, ?, ?)",
-                    (kind.lane, n, self._clock(), data),
-                )
-                self._used += size
-                self._count(f"appended.{kind.value}", n)
-            if checkpoint is not None:
-                self._db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?)", checkpoint)
+        dropped = 0
+        if n and self._used + size > limit:
+            policy = self.settings.when_full
+            disk_bound = limit < self.settings.max_bytes
+            if disk_bound:
+                self._count("full.disk", 1)
+            reason = None
+            # A full buffer must not silence the device's own reports: health and alerts
+            # may overdraw the cap a little under the policies that never evict.
+            overdraft = kind is not Kind.TELEMETRY and self._used + size <= limit + _PRIORITY_OVERDRAFT
+            if size > self.settings.max_bytes:
+                reason = "oversize"
+            elif overdraft and policy in (WhenFull.BLOCK, WhenFull.DROP_NEWEST):
+                pass
+            elif policy is WhenFull.BLOCK:
+                raise BufferFullError(size, self._used, limit)
+            elif policy is WhenFull.DROP_NEWEST:
+                reason = "drop_newest"
+            else:
+                try:
+                    self._make_room(size, limit, policy, in_flight)
+                except BufferFullError:
+                    if not disk_bound:
+                        raise
+                    reason = "disk_full"  # evicted all it could and the disk is still full
+            if reason is not None:
+                self._count(f"dropped.{reason}", n)
+                self._count(f"refused.{kind.value}", n)
+                dropped, n = n, 0
+        if n and rebuild is not None:
+            # a report about the buffer itself: re-read it now that room was made, so it
+            # counts the evictions its own storage caused
+            readings = rebuild(self.stats())
+            n, data = len(readings), readings.to_bytes()
+            size = len(data) + _ROW_OVERHEAD
+        if n:
+            self._db.execute(
+                "INSERT INTO pending (lane, n, created_us, data) VALUES (?, ?, ?, ?)",
+                (kind.lane, n, self._clock(), data),
+            )
+            self._used += size
+            self._count(f"appended.{kind.value}", n)
         return AppendResult(n, dropped)
 
     def limit(self) -> int:

@@ -8,8 +8,6 @@ import logging
 import os
 import sys
 
-from protocol import Readings
-
 from ..config import JsonlInputConfig
 from .base import RecordError, Sink, group_rows, parse_record
 
@@ -35,14 +33,8 @@ class JsonlInput:
                 log.warning("input %s: bad line dead-lettered: %s", self.name, exc)
                 await sink.dead_letter(self.name, str(exc), raw)
         self.lines += len(lines)
-        groups = group_rows(parsed)
-        if not groups and checkpoint is not None:
-            await sink.append(Readings.empty(), checkpoint=checkpoint)
-        items = list(groups.items())
-        for i, (kind, readings) in enumerate(items):
-            # The checkpoint rides with the last append: a crash between two appends re-reads
-            # the lines, and the first group is appended again — only for mixed-kind chunks.
-            await sink.append(readings, kind=kind, checkpoint=checkpoint if i == len(items) - 1 else None)
+        # every kind in the chunk and the new offset commit together: a crash re-reads all or nothing
+        await sink.append_groups(list(group_rows(parsed).items()), checkpoint=checkpoint)
 
     async def run(self, sink: Sink) -> None:
         if self._s.path == "-":

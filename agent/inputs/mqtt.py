@@ -66,8 +66,7 @@ class MqttInput:
         finally:
             flusher.cancel()
             if pending:
-                for kind, readings in group_rows(pending).items():
-                    await sink.append(readings, kind=kind)
+                await sink.append_groups(list(group_rows(pending).items()))
 
     async def _flush_loop(self, sink: Sink, pending: list) -> None:
         while True:
@@ -75,5 +74,4 @@ class MqttInput:
             if pending:
                 batch = pending[:]
                 del pending[: len(batch)]
-                for kind, readings in group_rows(batch).items():
-                    await sink.append(readings, kind=kind)
+                await sink.append_groups(list(group_rows(batch).items()))

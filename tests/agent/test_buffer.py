@@ -239,3 +239,14 @@ def test_health_is_not_crowded_out_by_a_full_buffer(tmp_path, policy):
         assert b.append(readings(100)).dropped == 100
     assert b.append(readings(100), kind=Kind.HEALTH).accepted == 100
     assert b.stats().bytes_used > 4000  # the overdraft, bounded at 1 MiB
+
+
+def test_a_chunk_of_several_kinds_commits_whole_or_not_at_all(tmp_path):
+    b = make(tmp_path, max_bytes=4000, when_full="block")
+    b.append_groups([(Kind.ALERT, readings(10)), (Kind.TELEMETRY, readings(100))], checkpoint=("jsonl", "100"))
+    with pytest.raises(BufferFullError):
+        b.append_groups([(Kind.ALERT, readings(10, seed=1)), (Kind.TELEMETRY, readings(200, seed=1))],
+                        checkpoint=("jsonl", "200"))
+    st = b.stats()
+    assert (st.counters["appended.alert"], st.counters["appended.telemetry"]) == (10, 100)
+    assert b.checkpoint("jsonl") == "100"
