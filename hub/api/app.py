@@ -38,7 +38,7 @@ def create_app(hub: "Hub") -> FastAPI:
     lake = Lake(data_dir / "lake")
 
     def db() -> sqlite3.Connection:
-        return meta.connect(data_dir / "meta.db")
+        return meta.connect_readonly(data_dir / "meta.db")
 
     @app.get("/healthz")
     def healthz() -> dict:

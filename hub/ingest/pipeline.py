@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ from typing import Protocol
 from protocol import Batch, DecodeError, InvalidTopicError, Topic, decode_batch
 
 from ..config import IngestConfig
-from ..storage.store import Store
+from ..storage.store import CommitResult, Store
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ class Pipeline:
         self._s = settings
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self.stats = IngestStats()
-        self.committed = asyncio.Event()  # set after every commit; tests and the demo wait on it
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -77,16 +77,9 @@ class Pipeline:
                 await self._dead_letter(d, exc.reason, str(exc))
         if not good:
             return
-        loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        try:
-            result = await loop.run_in_executor(self._pool, self._store.commit, [b for _, b in good])
-        except OSError as exc:  # disk full, I/O error: keep running, let the broker redeliver
-            self.stats.storage_errors += 1
-            log.error("ingest: storing %d batches failed (%s); they will be redelivered", len(good), exc)
-            for d, _ in good:
-                if d.nak is not None:
-                    await d.nak(2.0)
+        result = await self._commit(good)
+        if result is None:
             return
         self.stats.last_commit_s = time.perf_counter() - t0
         self.stats.stored_batches += result.stored_batches
@@ -94,8 +87,26 @@ class Pipeline:
         self.stats.duplicate_batches += result.duplicate_batches
         for d, _ in good:
             await d.ack()
-        self.committed.set()
-        self.committed.clear()
+
+    async def _commit(self, good: list[tuple[Delivery, Batch]]) -> CommitResult | None:
+        """Store, or on a storage failure (disk full, I/O error) keep the process running:
+        JetStream deliveries are nak'ed for redelivery; MQTT has no nak (the broker redelivers
+        only on reconnect), so those are retried here, with backoff, until they commit."""
+        loop = asyncio.get_running_loop()
+        delay = 0.5
+        while True:
+            try:
+                return await loop.run_in_executor(self._pool, self._store.commit, [b for _, b in good])
+            except (OSError, sqlite3.Error) as exc:
+                self.stats.storage_errors += 1
+                if all(d.nak is not None for d, _ in good):
+                    log.error("ingest: storing %d batches failed (%s); they will be redelivered", len(good), exc)
+                    for d, _ in good:
+                        await d.nak(2.0)
+                    return None
+                log.error("ingest: storing %d batches failed (%s); retrying in %.1fs", len(good), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def _dead_letter(self, d: Delivery, reason: str, error: str) -> None:
         log.warning("ingest: dead-lettered %s (%d bytes): %s: %s", d.subject, len(d.data), reason, error)

@@ -72,6 +72,13 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """For readers (the HTTP API): no schema work, no write lock, never blocks ingest."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA busy_timeout=30000")
+    return db
+
+
 def count(db: sqlite3.Connection, name: str, delta: int = 1) -> None:
     if delta:
         db.execute(
