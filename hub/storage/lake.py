@@ -76,19 +76,24 @@ class Lake:
             return []
         ts = table.column("ts").cast(pa.int64()).to_numpy()
         days = ts // _DAY_US
-        staged = []
-        for day in np.unique(days):
-            part = table.filter(pa.array(days == day)) if len(np.unique(days)) > 1 else table
-            date = datetime.fromtimestamp(int(day) * 86400, tz=timezone.utc).strftime("%Y-%m-%d")
-            folder = self.telemetry / f"date={date}"
-            folder.mkdir(exist_ok=True)
-            final = folder / f"part-{uuid.uuid4().hex}.parquet"
-            tmp = _tmp_of(final)
-            with open(tmp, "wb") as f:
-                pq.write_table(part, f, compression="zstd")
-                f.flush()
-                os.fsync(f.fileno())
-            staged.append(StagedFile(final, tmp, part.num_rows))
+        staged: list[StagedFile] = []
+        unique = np.unique(days)
+        try:
+            for day in unique:
+                part = table.filter(pa.array(days == day)) if len(unique) > 1 else table
+                date = datetime.fromtimestamp(int(day) * 86400, tz=timezone.utc).strftime("%Y-%m-%d")
+                folder = self.telemetry / f"date={date}"
+                folder.mkdir(exist_ok=True)
+                final = folder / f"part-{uuid.uuid4().hex}.parquet"
+                staged.append(StagedFile(final, _tmp_of(final), part.num_rows))
+                with open(staged[-1].tmp, "wb") as f:
+                    pq.write_table(part, f, compression="zstd")
+                    f.flush()
+                    os.fsync(f.fileno())
+        except BaseException:
+            for s in staged:  # a half-written file (disk full) must not outlive the failure
+                s.tmp.unlink(missing_ok=True)
+            raise
         return staged
 
     @staticmethod

@@ -71,3 +71,31 @@ async def test_agent_survives_a_full_disk_and_loses_only_what_it_counts(tmp_path
     finally:
         if proc.p.poll() is None:
             proc.kill()
+
+
+async def test_hub_keeps_running_on_a_full_disk_and_stores_everything_once_there_is_room(tmp_path, small_disk, nats_server):
+    from agent.config import load_config
+    from agent.daemon import Agent
+
+    hub_dir = small_disk / "hub"
+    async with running_hub(hub_config(hub_dir, nats_url=nats_server.url)) as hub:
+        ballast = small_disk / "ballast"
+        with open(ballast, "wb") as f:  # fill the hub's disk to the last byte
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        cfg = agent_config(tmp_path / "a.toml", device="onto-full", url=nats_server.url, inputs=[
+            {"type": "simulated", "realtime": False, "max_ticks": 10_000, "period": "10ms",
+             "start_us": 1_700_000_000_000_000}])
+        # the broker takes everything (its store is elsewhere); the hub cannot write it yet
+        await asyncio.wait_for(Agent(load_config(cfg)).run(asyncio.Event(), until_drained=True), timeout=60)
+        await await_until(lambda: hub.pipeline.stats.storage_errors > 0, timeout=30, what="a storage error")
+        assert stored(hub_dir)["rows"] == 0
+        ballast.unlink()  # the operator frees space
+        await await_until(lambda: stored(hub_dir)["distinct"] == 40_000, timeout=60,
+                          what="the hub to store everything once there is room")
+        assert stored(hub_dir)["duplicate_rows"] == 0
+        assert not list(hub_dir.rglob("*.tmp"))
