@@ -101,7 +101,7 @@ class Agent:
         what the grace period allows, and close; what is left stays buffered for the next start."""
         await self.buffer.open()
         disk = self.config.health.disk_path or Path(self.config.buffer.path).parent
-        probe = HealthProbe(disk_path=disk, uplink_state=self._uplink_state)
+        probe = HealthProbe(disk_path=disk, uplink_state=self._uplink_state, profile=self.config.device.profile)
         try:
             async with asyncio.TaskGroup() as tg:
                 core = [

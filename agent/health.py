@@ -33,8 +33,9 @@ def cpu_temperature_c() -> float | None:
 class HealthProbe:
     """Collects one health snapshot as readings. Channels are documented in docs/protocol.md."""
 
-    def __init__(self, *, disk_path: Path, uplink_state: Callable[[], dict[str, float]]) -> None:
+    def __init__(self, *, disk_path: Path, uplink_state: Callable[[], dict[str, float]], profile: str | None = None) -> None:
         self._disk_path = disk_path
+        self._profile = profile
         self._uplink_state = uplink_state
         self._proc = psutil.Process(os.getpid())
         self._proc.cpu_percent(None)  # first call primes the counter
@@ -59,6 +60,8 @@ class HealthProbe:
             values["disk.free_bytes"] = psutil.disk_usage(str(self._disk_path)).free
         except OSError:
             pass
+        if self._profile:
+            values[f"info.profile.{self._profile}"] = 1.0  # a label as a channel, like Prometheus' *_info
         temp = cpu_temperature_c()
         if temp is not None:
             values["temp.cpu_c"] = temp

@@ -57,10 +57,10 @@ def write_toml(path: Path, data: dict) -> Path:
 def agent_config(
     path: Path, *, device: str, url: str, kind: str = "nats", tenant: str = "t1",
     inputs: list[dict] | None = None, buffer: dict | None = None, uplink: dict | None = None,
-    health_interval: str = "1s",
+    health_interval: str = "1s", profile: str | None = None,
 ) -> Path:
     data = {
-        "device": {"tenant": tenant, "id": device},
+        "device": {"tenant": tenant, "id": device, **({"profile": profile} if profile else {})},
         "buffer": {"path": str(path.parent / f"{device}.db"), "seal_interval": "200ms", **(buffer or {})},
         "uplink": {"kind": kind, "url": url, "ack_timeout": "2s",
                    "backoff": {"initial": "50ms", "max": "500ms"}, **(uplink or {})},

@@ -24,7 +24,7 @@ async def cli(*args: str) -> subprocess.CompletedProcess:
 
 async def test_devices_and_telemetry_through_the_api(tmp_path, nats_server):
     async with running_hub(hub_config(tmp_path / "hub", nats_url=nats_server.url, api=True)) as hub:
-        cfg = agent_config(tmp_path / "a.toml", device="pump-7", url=nats_server.url, inputs=[
+        cfg = agent_config(tmp_path / "a.toml", device="pump-7", url=nats_server.url, profile="rpi4", inputs=[
             {"type": "simulated", "realtime": False, "max_ticks": 500, "period": "1s", "start_us": 1_700_000_000_000_000}])
         await Agent(load_config(cfg)).run(asyncio.Event(), until_drained=True)
         api = hub.state.api_url
@@ -32,7 +32,7 @@ async def test_devices_and_telemetry_through_the_api(tmp_path, nats_server):
         listed = await cli("devices", "list", "--hub", api, "--json")
         assert listed.returncode == 0, listed.stderr
         (dev,) = json.loads(listed.stdout)
-        assert (dev["tenant"], dev["device"], dev["missing_batches"]) == ("t1", "pump-7", 0)
+        assert (dev["tenant"], dev["device"], dev["profile"], dev["missing_batches"]) == ("t1", "pump-7", "rpi4", 0)
         assert dev["readings"] >= 2000
 
         shown = await cli("devices", "show", "t1/pump-7", "--hub", api, "--json")
