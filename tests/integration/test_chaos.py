@@ -214,9 +214,12 @@ def test_hub_sigkill_during_ingest_loses_nothing(tmp_path: Path, nats_server: Em
 
 
 # --- 3. the broker goes away and comes back ---------------------------------------------------
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 async def test_broker_restart_mid_stream_no_loss_backlog_drains_live_first(
-    tmp_path: Path, nats_server: EmbeddedNats
+    tmp_path: Path, nats_server: EmbeddedNats, how: str
 ) -> None:
+    """SIGTERM is a broker restart; SIGKILL is a crash mid-stream (every PubAck'd batch must
+    survive it: the agent has already deleted those)."""
     device = "outage"
     hub_dir = tmp_path / "hub"
     rate = 800  # readings/s: 4 channels every 5 ms
@@ -237,7 +240,7 @@ async def test_broker_restart_mid_stream_no_loss_backlog_drains_live_first(
                               timeout=30, what="the first readings to reach the hub")
             assert not task.done(), task
 
-            await asyncio.to_thread(nats_server.stop)
+            await asyncio.to_thread(nats_server.stop if how == "sigterm" else nats_server.kill)
             down_us = _now_us()
 
             async def backlog() -> bool:
