@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/edgeloop demo --devices 12 --duration 30
+	$(BIN)/edgeloop demo --devices 12 --duration 30 --outage 10:5
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

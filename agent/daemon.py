@@ -134,7 +134,8 @@ class Agent:
         await self.buffer.seal(force=True)
         self.sender.wake()
         while not await self.drained():
-            if stop is None and (time.monotonic() >= deadline or not self.uplink.connected):
+            # not connected: keep waiting (a reconnect may be one backoff away), within the grace
+            if stop is None and time.monotonic() >= deadline:
                 break
             if stop is not None and stop.is_set():
                 break

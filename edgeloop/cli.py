@@ -72,7 +72,7 @@ def demo(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    _log("warning")
+    _log("error")  # warnings (an outage's reconnect attempts) would tear the live table
     console = Console(stderr=as_json)
     summary = asyncio.run(run_demo(devices=devices, duration=duration, live=not as_json, data_dir=data_dir,
                                    mqtt_share=mqtt_share, period_ms=period_ms, console=console, outages=outages))

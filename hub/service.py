@@ -58,7 +58,8 @@ class Hub:
         try:
             nc = await nats.connect(
                 self.state.nats_url, name="edgeloop-hub", max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                connect_timeout=10,
+                connect_timeout=10, error_cb=_on_nats_error, disconnected_cb=_on_disconnect,
+                reconnected_cb=_on_reconnect,
             )
             js = nc.jetstream(timeout=10)
             await ensure_streams(js, cfg.broker.stream)
@@ -166,3 +167,15 @@ async def _cancel(tasks: list[asyncio.Task], *, timeout: float = 5.0) -> None:
     stuck = [t.get_name() for t in tasks if not t.done()]
     if stuck:
         log.error("hub: tasks did not stop: %s", ", ".join(stuck))
+
+
+async def _on_nats_error(exc: Exception) -> None:
+    log.debug("hub: nats: %s", exc)  # reconnect attempts; disconnects are logged below
+
+
+async def _on_disconnect() -> None:
+    log.warning("hub: disconnected from the broker; reconnecting")
+
+
+async def _on_reconnect() -> None:
+    log.warning("hub: reconnected to the broker")
