@@ -5,7 +5,18 @@
      ├── BufferError_           the SQLite buffer cannot do what was asked
      │    └── BufferFullError   `when_full = "block"` and no room: the caller waits for acks
      ├── UplinkError            the broker did not take a batch (not connected, timeout, refused)
-     └── InputError             an input cannot start (missing file, bad broker URL)
+     ├── InputError             an input cannot start (missing file, bad broker URL)
+     └── ModelError             a model slot operation that did not happen; the active model is untouched
+          ├── InstallError          a model was refused; `.reason` is a slug for health, `.model`, `.version`
+          │    ├── UntrustedKeyError       signed by a key id the device does not trust
+          │    ├── TamperedModelError      signature or an artifact's sha256/size does not match
+          │    ├── TruncatedModelError     an artifact is missing or shorter than its manifest says
+          │    ├── SelfTestFailedError     the model did not load or reproduce its self-test outputs
+          │    └── SlotWriteError          the slot could not be written (disk full, I/O error)
+          ├── RollbackError         no verified previous model to go back to
+          ├── SlotStateError        the slots' `active` pointer cannot be read; names the file
+          └── DownloadError         an artifact could not be fetched; names the URL
+               └── CorruptDownloadError    the fetched bytes are not the manifest's; the .part is deleted
 
 Bad *data* is never an exception that stops the agent: it is counted and dead-lettered.
 """
@@ -40,4 +51,59 @@ class UplinkError(AgentError):
 
 
 class InputError(AgentError):
+    pass
+
+
+class ModelError(AgentError):
+    pass
+
+
+class InstallError(ModelError):
+    reason = "install_failed"
+
+    def __init__(self, model: str, version: str, why: str) -> None:
+        self.model = model
+        self.version = version
+        self.why = why
+        super().__init__(f"Model {model} {version} was not installed: {why}")
+
+
+class UntrustedKeyError(InstallError):
+    reason = "untrusted_key"
+
+
+class TamperedModelError(InstallError):
+    reason = "tampered"
+
+
+class TruncatedModelError(InstallError):
+    reason = "truncated"
+
+
+class SelfTestFailedError(InstallError):
+    reason = "self_test_failed"
+
+
+class SlotWriteError(InstallError):
+    reason = "slot_write_failed"
+
+
+class RollbackError(ModelError):
+    pass
+
+
+class SlotStateError(ModelError):
+    def __init__(self, path: str, why: str) -> None:
+        self.path = path
+        super().__init__(f"The model slot pointer {path} is unusable: {why}.")
+
+
+class DownloadError(ModelError):
+    def __init__(self, url: str, why: str) -> None:
+        self.url = url
+        self.why = why
+        super().__init__(f"Downloading {url} failed: {why}")
+
+
+class CorruptDownloadError(DownloadError):
     pass
