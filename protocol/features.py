@@ -139,8 +139,8 @@ class FeatureSpec:
                 window_us=params["window_us"],  # type: ignore[arg-type]
                 channels=tuple(params["channels"]),  # type: ignore[arg-type]
                 aggregates=tuple(params["aggregates"]),  # type: ignore[arg-type]
-                extra=tuple((c, tuple(a)) for c, a in dict(params.get("extra", {})).items()),  # type: ignore[call-overload]
-                min_samples=params.get("min_samples", 2),  # type: ignore[arg-type]
+                extra=tuple((c, tuple(a)) for c, a in dict(params["extra"]).items()),  # type: ignore[call-overload]
+                min_samples=params["min_samples"],  # type: ignore[arg-type]
             )
         except KeyError as exc:
             raise ValueError(f"Feature spec lacks the key {exc.args[0]!r}.") from exc
@@ -260,5 +260,8 @@ _FEATURE_CODE = (Aggregate, _columns, window_features, _channel_windows, _aggreg
 
 @functools.cache
 def _code_fingerprint() -> str:
+    # The source text, comments included: a comment edit here also changes the version. That
+    # errs the safe way (retrain or re-register rather than silently mismatch). Hazard: needs
+    # the .py files at run time; a deployment that strips sources to .pyc cannot compute it.
     return "\n".join(inspect.getsource(obj) for obj in _FEATURE_CODE)
 
