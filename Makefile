@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[agent,hub,dev,models,models-tflite]"
+	$(BIN)/python -m pip install --quiet -e ".[agent,hub,dev,inference,models,models-tflite]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -6,17 +6,22 @@
      │    └── BufferFullError   `when_full = "block"` and no room: the caller waits for acks
      ├── UplinkError            the broker did not take a batch (not connected, timeout, refused)
      ├── InputError             an input cannot start (missing file, bad broker URL)
-     └── ModelError             a model slot operation that did not happen; the active model is untouched
-          ├── InstallError          a model was refused; `.reason` is a slug for health, `.model`, `.version`
-          │    ├── UntrustedKeyError       signed by a key id the device does not trust
-          │    ├── TamperedModelError      signature or an artifact's sha256/size does not match
-          │    ├── TruncatedModelError     an artifact is missing or shorter than its manifest says
-          │    ├── SelfTestFailedError     the model did not load or reproduce its self-test outputs
-          │    └── SlotWriteError          the slot could not be written (disk full, I/O error)
-          ├── RollbackError         no verified previous model to go back to
-          ├── SlotStateError        the slots' `active` pointer cannot be read; names the file
-          └── DownloadError         an artifact could not be fetched; names the URL
-               └── CorruptDownloadError    the fetched bytes are not the manifest's; the .part is deleted
+     ├── ModelError             a model slot operation that did not happen; the active model is untouched
+     │    ├── InstallError          a model was refused; `.reason` is a slug for health, `.model`, `.version`
+     │    │    ├── UntrustedKeyError       signed by a key id the device does not trust
+     │    │    ├── TamperedModelError      signature or an artifact's sha256/size does not match
+     │    │    ├── TruncatedModelError     an artifact is missing or shorter than its manifest says
+     │    │    ├── SelfTestFailedError     the model did not load or reproduce its self-test outputs
+     │    │    └── SlotWriteError          the slot could not be written (disk full, I/O error)
+     │    ├── RollbackError         no verified previous model to go back to
+     │    ├── SlotStateError        the slots' `active` pointer cannot be read; names the file
+     │    └── DownloadError         an artifact could not be fetched; names the URL
+     │         └── CorruptDownloadError    the fetched bytes are not the manifest's; the .part is deleted
+     └── InferenceError         the inference backend could not do what was asked (agent/inference)
+          ├── BackendUnavailableError  the runtime (onnxruntime, ai-edge-litert, tflite-runtime) does not import
+          ├── ModelLoadError           the runtime refused the model file; names the file
+          ├── PredictError             one predict call failed (bad input shape, runtime error); the model stays loaded
+          └── SelfTestMismatchError    outputs differ from the manifest's self-test; names sample, expected, got, tolerance
 
 Bad *data* is never an exception that stops the agent: it is counted and dead-lettered.
 """
@@ -107,3 +112,36 @@ class DownloadError(ModelError):
 
 class CorruptDownloadError(DownloadError):
     pass
+
+
+class InferenceError(AgentError):
+    pass
+
+
+class BackendUnavailableError(InferenceError):
+    def __init__(self, backend: str, why: str) -> None:
+        self.backend = backend
+        super().__init__(f"The {backend} inference backend is unavailable: {why}")
+
+
+class ModelLoadError(InferenceError):
+    def __init__(self, path: str, why: str) -> None:
+        self.path = path
+        super().__init__(f"The model {path} could not be loaded: {why}")
+
+
+class PredictError(InferenceError):
+    pass
+
+
+class SelfTestMismatchError(InferenceError):
+    def __init__(self, index: int, expected: list[float], got: list[float], tolerance: float) -> None:
+        self.index, self.expected, self.got, self.tolerance = index, expected, got, tolerance
+        if len(expected) == len(got):
+            off = f"is off by {max(abs(e - g) for e, g in zip(expected, got)):.3g}, over the tolerance of {tolerance:g}"
+        else:
+            off = f"has {len(got)} outputs where {len(expected)} are expected (tolerance {tolerance:g})"
+        super().__init__(
+            f"Self-test sample {index} {off}: "
+            f"expected {expected}, got {got}."
+        )
