@@ -127,6 +127,15 @@ def encode_body(readings: Readings) -> bytes:
     return b"".join(out)
 
 
+def _undelta(first: int, deltas: np.ndarray) -> np.ndarray:
+    """[first, first + d0, first + d0 + d1, …] in int64 (wrapping like the encoder's diff)."""
+    out = np.empty(len(deltas) + 1, np.int64)
+    out[0] = first
+    np.cumsum(deltas, dtype=np.int64, out=out[1:])
+    out[1:] += first
+    return out
+
+
 def decode_body(body: bytes) -> Readings:
     buf = memoryview(body)
     try:
@@ -147,10 +156,7 @@ def decode_body(body: bytes) -> Readings:
             if n > len(buf):  # every reading costs at least one byte: cheap bound before allocating
                 raise MalformedError(f"Channel {name!r} claims {n} readings in a {len(buf)}-byte body.")
             d, pos = _unshuffle(buf, pos, n - 1, _DTYPE[tw])
-            ts = np.empty(n, np.int64)
-            ts[0] = ts0
-            np.cumsum(d, dtype=np.int64, out=ts[1:])
-            ts[1:] += ts0
+            ts = _undelta(ts0, d)
             (mode,) = struct.unpack_from("<B", buf, pos)
             pos += 1
             if mode == 0:
@@ -162,11 +168,7 @@ def decode_body(body: bytes) -> Readings:
                 if scale > _MAX_SCALE or vw not in _DTYPE:
                     raise MalformedError(f"Channel {name!r}: decimal scale {scale} or width {vw} is invalid.")
                 dv, pos = _unshuffle(buf, pos, n - 1, _DTYPE[vw])
-                ints = np.empty(n, np.int64)
-                ints[0] = v0
-                np.cumsum(dv, dtype=np.int64, out=ints[1:])
-                ints[1:] += v0
-                v = ints.astype(np.float64) / 10.0**scale
+                v = _undelta(v0, dv).astype(np.float64) / 10.0**scale
             else:
                 raise MalformedError(f"Channel {name!r}: value mode {mode} is unknown.")
             names.append(name)
