@@ -30,7 +30,7 @@ import numpy as np
 
 from protocol import Kind, Readings, decode_batch, encode_batch
 
-from .config import BufferConfig, Synchronous, WhenFull
+from .config import BufferConfig, WhenFull
 from .errors import BufferFullError
 
 _SCHEMA = """

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from protocol import check_channel, check_id, parse_duration
+from protocol import check_id, parse_duration
 
 from .errors import ConfigError
 

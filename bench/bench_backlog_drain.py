@@ -31,7 +31,6 @@ import rig
 
 from agent.buffer import Buffer
 from agent.config import AgentConfig
-from agent.daemon import Agent
 from protocol import Topic, msg_id, parse_duration
 from simulators.signals import device_model
 
@@ -87,17 +86,7 @@ async def drain(mode: str, tmp: Path, source_db: Path, n: int, args, *, start_us
                                     start_us=start_us)
         extra: dict = {}
         if mode == "inprocess":
-            stop = asyncio.Event()
-            started = time.perf_counter()
-            task = asyncio.create_task(Agent(config).run(stop, until_drained=True), name="bench-agent")
-            try:
-                done = await rig.wait_stored(data_dir, n, timeout=args.timeout, alive=task)
-                await asyncio.wait_for(task, timeout=30)
-            finally:
-                stop.set()
-                if not task.done():
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
+            started, done = await rig.agent_until_stored(config, data_dir, n, timeout=args.timeout)
         else:
             cfg = tmp / "agent.toml"
             cfg.write_text(text)

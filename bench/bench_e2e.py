@@ -30,7 +30,6 @@ from figures import emit, note
 import rig
 
 from agent.config import AgentConfig
-from agent.daemon import Agent
 from protocol import Kind, Topic, encode_batch, msg_id, parse_duration
 from simulators.signals import device_model
 
@@ -62,18 +61,7 @@ async def run_inprocess(tmp: Path, ticks: int, period: str, n: int, timeout: flo
     data_dir = tmp / "hub"
     async with rig.running_hub(data_dir) as hub:
         config = AgentConfig.model_validate(tomllib.loads(config_text(tmp, hub.state.nats_url, ticks, period)))
-        stop = asyncio.Event()
-        started = time.perf_counter()
-        agent = Agent(config)
-        task = asyncio.create_task(agent.run(stop, until_drained=True), name="bench-agent")
-        try:
-            done = await rig.wait_stored(data_dir, n, timeout=timeout, alive=task)
-            await asyncio.wait_for(task, timeout=30)
-        finally:
-            stop.set()
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        started, done = await rig.agent_until_stored(config, data_dir, n, timeout=timeout)
         counts = await rig.lake_summary(hub)
         hub_stats = hub.pipeline.stats
     return {"seconds": done - started, "counts": counts, "hub_batches": hub_stats.stored_batches}

@@ -104,6 +104,25 @@ async def wait_stored(data_dir: Path, n: int, *, timeout: float, interval: float
         await asyncio.sleep(interval)
 
 
+async def agent_until_stored(config, data_dir: Path, n: int, *, timeout: float) -> tuple[float, float]:
+    """Run an in-process agent until the hub has stored `n` readings and the agent drained.
+    Returns (started, done) perf_counter stamps; always stops the agent."""
+    from agent.daemon import Agent
+
+    stop = asyncio.Event()
+    started = time.perf_counter()
+    task = asyncio.create_task(Agent(config).run(stop, until_drained=True), name="bench-agent")
+    try:
+        done = await wait_stored(data_dir, n, timeout=timeout, alive=task)
+        await asyncio.wait_for(task, timeout=30)
+    finally:
+        stop.set()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return started, done
+
+
 async def lake_summary(hub: Hub) -> dict[str, int]:
     """Telemetry rows in the lake (DuckDB), rows stored twice, and Parquet files written."""
     from hub.storage.query import lake_counts  # duckdb: only the benches that count the lake need it
