@@ -34,22 +34,9 @@ from protocol import (
     encode_batch,
 )
 from protocol.codec import encode_body
+from tests.protocol.layout import HEAD, fields_of, patched
 
-# The header layout written out here rather than imported, so a change to it fails loudly.
-HEAD = struct.Struct("<2sBBBBIIQqqIIIBB")
-FIELDS = ("magic", "version", "kind", "codec", "flags", "dict_id", "epoch", "seq",
-          "t_start_us", "t_end_us", "count", "body_len", "raw_len", "tenant_len", "device_len")
 T0 = 1_700_000_000_000_000  # 2023-11-14, in µs
-
-
-def patched(envelope: bytes, **changes: object) -> bytes:
-    fields = dict(zip(FIELDS, HEAD.unpack_from(envelope)))
-    fields.update(changes)
-    return HEAD.pack(*(fields[f] for f in FIELDS)) + envelope[HEAD.size:]
-
-
-def header_fields(envelope: bytes) -> dict[str, object]:
-    return dict(zip(FIELDS, HEAD.unpack_from(envelope)))
 
 
 def body_layout(raw: bytes) -> list[dict[str, object]]:
@@ -224,9 +211,9 @@ def test_codec_none_and_zstd() -> None:
     plain = encode(original, codec=CODEC_NONE)
     packed = encode(original, codec=CODEC_ZSTD)
     assert plain.endswith(raw)
-    assert header_fields(plain)["body_len"] == header_fields(plain)["raw_len"] == len(raw)
-    assert header_fields(packed)["raw_len"] == len(raw)
-    assert header_fields(packed)["body_len"] < len(raw)
+    assert fields_of(plain)["body_len"] == fields_of(plain)["raw_len"] == len(raw)
+    assert fields_of(packed)["raw_len"] == len(raw)
+    assert fields_of(packed)["body_len"] < len(raw)
     for data, codec in ((plain, CODEC_NONE), (packed, CODEC_ZSTD)):
         batch = decode_batch(data)
         assert batch.header.codec == codec
@@ -272,7 +259,7 @@ def test_dictionary_round_trip(trained: bytes) -> None:
     ts = T0 + np.arange(25, dtype=np.int64) * 10**6
     original = Readings.from_columns(["temperature", "humidity"], ts, np.round(np.linspace(18, 24, 50), 2))
     data = encode(original, dict_id=7, dictionaries=registry)
-    assert header_fields(data)["dict_id"] == 7
+    assert fields_of(data)["dict_id"] == 7
     batch = decode_batch(data, dictionaries=registry)
     assert batch.header.dict_id == 7
     assert batch.readings.equals(original)
@@ -313,7 +300,7 @@ def test_oversized_envelope() -> None:
 
 def test_raw_len_over_max_raw() -> None:
     data = encode(sample_readings())
-    raw_len = header_fields(data)["raw_len"]
+    raw_len = fields_of(data)["raw_len"]
     assert isinstance(raw_len, int)
     with pytest.raises(OversizedError) as info:
         decode_batch(data, max_raw=raw_len - 1)
@@ -334,7 +321,7 @@ def test_zstd_frame_cannot_outgrow_raw_len() -> None:
     # must not materialise more than max_raw bytes on the way to rejecting it.
     bomb = zstandard.ZstdCompressor().compress(bytes(16 << 20))
     good = encode(sample_readings())
-    fields = header_fields(good)
+    fields = fields_of(good)
     head_end = HEAD.size + int(fields["tenant_len"]) + int(fields["device_len"])  # type: ignore[call-overload]
     data = patched(good[:head_end], body_len=len(bomb), raw_len=100) + bomb
     tracemalloc.start()
@@ -352,7 +339,7 @@ def test_bytes_after_the_zstd_frame_are_rejected() -> None:
     # decode_body rejects trailing bytes; the compressed body must be as strict, or two
     # different envelopes carry the same batch.
     good = encode(sample_readings())
-    data = patched(good, body_len=header_fields(good)["body_len"] + 4) + b"junk"  # type: ignore[operator]
+    data = patched(good, body_len=fields_of(good)["body_len"] + 4) + b"junk"  # type: ignore[operator]
     with pytest.raises(MalformedError):
         decode_batch(data)
 
@@ -391,7 +378,7 @@ def test_topic_mismatch(topic: Topic, field: str, topic_value: str, envelope_val
 
 def test_reasons() -> None:
     good = encode(sample_readings())
-    raw_len = header_fields(good)["raw_len"]
+    raw_len = fields_of(good)["raw_len"]
     cases = {
         "malformed": lambda: decode_batch(good[:-1]),
         "oversized": lambda: decode_batch(good, max_raw=raw_len - 1),  # type: ignore[operator]

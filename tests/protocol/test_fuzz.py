@@ -32,10 +32,8 @@ from protocol import (
     encode_batch,
 )
 from protocol.codec import encode_body
+from tests.protocol.layout import FIELDS, HEAD
 
-HEAD = struct.Struct("<2sBBBBIIQqqIIIBB")
-FIELDS = ("magic", "version", "kind", "codec", "flags", "dict_id", "epoch", "seq",
-          "t_start_us", "t_end_us", "count", "body_len", "raw_len", "tenant_len", "device_len")
 _UNSIGNED = {"B": 8, "I": 32, "Q": 64}
 FORMATS = dict(zip(FIELDS, ["2s", "B", "B", "B", "B", "I", "I", "Q", "q", "q", "I", "I", "I", "B", "B"]))
 T0 = 1_700_000_000_000_000
