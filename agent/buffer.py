@@ -31,7 +31,7 @@ import numpy as np
 from protocol import Kind, Readings, decode_batch, encode_batch
 
 from .config import BufferConfig, WhenFull
-from .errors import BufferFullError
+from .errors import BufferError_, BufferFullError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -50,6 +50,11 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL, data BLOB);
 """
 _LANE_KIND = {k.lane: k for k in Kind}
+_LANE_LAYOUT = 2  # meta.lanes: 1 = alert, health, telemetry; 2 = alert, health, prediction, telemetry
+# Kinds that may overdraw the cap under block and drop_newest: the device's own reports.
+# Predictions get none: the overdraft exists so that a full buffer cannot silence the device's
+# reports about itself, and a prediction is derived data the hub can recompute from telemetry.
+_OVERDRAFT_KINDS = frozenset({Kind.ALERT, Kind.HEALTH})
 _ROW_OVERHEAD = 32
 _PRIORITY_OVERDRAFT = 2**20  # bytes health/alerts may exceed the cap under block and drop_newest
 _WAL_LIMIT = 4 * 2**20  # bytes of WAL kept after a checkpoint; disk_reserve must exceed it  # per-row bytes SQLite spends beyond the blob; keeps tiny appends honest
@@ -110,9 +115,11 @@ class Buffer:
         self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
         self._db.executescript(_SCHEMA)
         with self._tx():
+            fresh = self._db.execute("SELECT 1 FROM meta WHERE key = 'epoch'").fetchone() is None
             self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('epoch', ?), ('next_seq', 1)", (secrets.randbits(31) + 1,)
             )
+            self._migrate_lanes(fresh)
         meta = dict(self._db.execute("SELECT key, value FROM meta"))
         self.epoch: int = meta["epoch"]
         self._next_seq: int = meta["next_seq"]
@@ -139,6 +146,24 @@ class Buffer:
                 return False
 
         return _Tx()
+
+    def _migrate_lanes(self, fresh: bool) -> None:
+        """Renumber stored lanes to this build's `Kind.lane`. Inside the opening transaction.
+
+        Lanes are stored as numbers; a buffer written before predictions had a lane holds
+        telemetry in lane 2, which is now the prediction lane. Layouts are numbered in
+        `meta.lanes`; a file without it is layout 1 (alert 0, health 1, telemetry 2)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'lanes'").fetchone()
+        layout = row[0] if row else (_LANE_LAYOUT if fresh else 1)
+        if layout > _LANE_LAYOUT:
+            raise BufferError_(
+                f"The buffer {self._path} uses lane layout {layout}, newer than this agent's {_LANE_LAYOUT}; "
+                "run a newer agent or move the file away."
+            )
+        if layout == 1:
+            for table in ("pending", "batches"):
+                self._db.execute(f"UPDATE {table} SET lane = ? WHERE lane = 2", (Kind.TELEMETRY.lane,))
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('lanes', ?)", (_LANE_LAYOUT,))
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
@@ -219,7 +244,7 @@ class Buffer:
             reason = None
             # A full buffer must not silence the device's own reports: health and alerts
             # may overdraw the cap a little under the policies that never evict.
-            overdraft = kind is not Kind.TELEMETRY and self._used + size <= limit + _PRIORITY_OVERDRAFT
+            overdraft = kind in _OVERDRAFT_KINDS and self._used + size <= limit + _PRIORITY_OVERDRAFT
             if size > self.settings.max_bytes:
                 reason = "oversize"
             elif overdraft and policy in (WhenFull.BLOCK, WhenFull.DROP_NEWEST):
@@ -381,7 +406,7 @@ class Buffer:
 
     # --- out --------------------------------------------------------------------------------
     def next_batches(self, limit: int, *, exclude: Iterable[int] = ()) -> list[SealedBatch]:
-        """Batches to send next: alerts, then health, then telemetry; within a lane live data
+        """Batches to send next: alerts, health, predictions, then telemetry; within a lane live data
         (sealed within `live_window`) goes before the backlog, each in seq order."""
         exclude = list(exclude)
         live_after = self._clock() - int(self.settings.live_window.total_seconds() * 1e6)

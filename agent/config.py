@@ -153,11 +153,65 @@ InputConfig = Annotated[
 ]
 
 
+class GateConfig(_Model):
+    """The device's own health gate on a newly installed model: judged over its first `windows`
+    feature windows, then closed. A breach rolls back to the previous model by itself."""
+
+    windows: int = Field(20, ge=1, le=1_000_000)
+    max_error_rate: float | None = Field(0.5, ge=0.0, le=1.0)  # None: not judged
+    max_p95_ms: float | None = Field(None, gt=0.0)  # per predict call; None: not judged
+
+
+_FORMAT = re.compile(r"(onnx|tflite):(fp32|fp16|int8)")
+
+
+class ModelsConfig(_Model):
+    """Model slots, the fleet's trusted signing keys, and the twin exchange with the hub."""
+
+    dir: Path = Path("models")  # the two slots, staging and the refusal record
+    trusted_keys: tuple[Path, ...] = Field(min_length=1)  # PEM public keys, provisioned out of band
+    hub_url: str | None = None  # the hub's HTTP API; None: no twin, the active slot just serves
+    poll_interval: Duration = timedelta(seconds=30)  # until the hub's answer says otherwise
+    request_timeout: Duration = timedelta(seconds=30)
+    formats: tuple[str, ...] = ("onnx:int8", "onnx:fp32", "tflite:int8", "tflite:fp32")
+    gate: GateConfig = GateConfig()
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for f in v:
+            if not _FORMAT.fullmatch(f):
+                raise ValueError(f"{f!r} is not a model format like 'onnx:int8' or 'tflite:fp32'")
+        if not v:
+            raise ValueError("at least one model format is needed")
+        return v
+
+    @field_validator("hub_url")
+    @classmethod
+    def _hub_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^\s/]+(:\d+)?/?", v):
+            raise ValueError(f"{v!r} is not an HTTP URL like http://hub:8700")
+        return v if v is None else v.rstrip("/")
+
+
+class InferenceConfig(_Model):
+    """How this device runs models (agent.inference.InferenceSettings); profiles set it per board."""
+
+    backend: Literal["onnx", "litert"] | None = None  # None: follow the model's format
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    threads: int = Field(1, ge=1, le=64)
+    delegate: Literal["none", "xnnpack", "edgetpu"] = "xnnpack"
+    queue_windows: int = Field(1024, ge=1, le=1_000_000)  # closed windows waiting; full: oldest dropped
+
+
 class AgentConfig(_Model):
     device: DeviceConfig
     buffer: BufferConfig = BufferConfig()
     uplink: UplinkConfig = UplinkConfig()
     health: HealthConfig = HealthConfig()
+    models: ModelsConfig | None = None  # None: no models on this device
+    inference: InferenceConfig = InferenceConfig()
+    config_version: str | None = None  # reported in the twin, so the hub sees config drift
     inputs: tuple[InputConfig, ...] = Field(min_length=1)
     shutdown_grace: Duration = timedelta(seconds=5)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -205,6 +259,13 @@ def load_config(path: str | Path, *, profile_dir: Path = PROFILE_DIR) -> AgentCo
     buf = data.get("buffer", {})
     if isinstance(buf, dict) and "path" in buf and not Path(buf["path"]).is_absolute():
         buf["path"] = str(path.parent / buf["path"])  # relative to the config file, not the cwd
+    mod = data.get("models")
+    if isinstance(mod, dict):  # same rule for the model folder and the trusted keys
+        if "dir" in mod and not Path(mod["dir"]).is_absolute():
+            mod["dir"] = str(path.parent / mod["dir"])
+        if isinstance(mod.get("trusted_keys"), list):
+            mod["trusted_keys"] = [k if not isinstance(k, str) or Path(k).is_absolute() else str(path.parent / k)
+                                   for k in mod["trusted_keys"]]
     try:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:

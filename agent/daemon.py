@@ -18,6 +18,7 @@ from .buffer import BufferStats
 from .config import AgentConfig, BackoffConfig
 from .errors import BufferFullError
 from .health import HealthProbe
+from .inference import InferencePipeline, InferenceTap
 from .inputs import Input, make_input
 from .sender import Sender
 from .uplinks import Uplink, make_uplink
@@ -42,6 +43,18 @@ class Agent:
         self.uplink = uplink or make_uplink(config.uplink, tenant=dev.tenant, device=dev.id)
         self.inputs: list[Input] = [make_input(i, device=dev) for i in config.inputs]
         self.sender = Sender(self.buffer, self.uplink, config)
+        # Inputs write through the tap: the buffer first (durability), then feature windows.
+        self.pipeline = InferencePipeline()
+        self.tap = InferenceTap(self.buffer, self.pipeline, max_queued_windows=config.inference.queue_windows)
+        self.models = None
+        if config.models is not None:
+            from .models.manager import ModelManager  # httpx, cryptography: only for devices with models
+
+            tags = dict(dev.tags)
+            if dev.profile and "profile" not in tags:
+                tags["profile"] = dev.profile
+            self.models = ModelManager(config.models, config.inference, self.pipeline, tenant=dev.tenant,
+                                       device=dev.id, tags=tags, config_version=config.config_version)
         self.state = AgentState()
         self.final_stats: BufferStats | None = None  # the buffer's last stats, kept after close
 
@@ -63,7 +76,7 @@ class Agent:
                 await asyncio.sleep(delay)
 
     async def _run_input(self, inp: Input) -> None:
-        await self._supervise(f"input:{inp.name}", lambda: inp.run(self.buffer))
+        await self._supervise(f"input:{inp.name}", lambda: inp.run(self.tap))
         self.state.inputs_done.add(inp.name)
         log.info("input %s finished", inp.name)
 
@@ -81,6 +94,12 @@ class Agent:
 
     async def _report_health(self, probe: HealthProbe) -> None:
         await self.buffer.report(probe.snapshot, kind=Kind.HEALTH)
+
+    def _inference_health(self) -> dict[str, float]:
+        values = self.pipeline.health()
+        if self.models is not None:
+            values.update(self.models.health())
+        return values
 
     def _uplink_state(self) -> dict[str, float]:
         return {
@@ -101,7 +120,8 @@ class Agent:
         what the grace period allows, and close; what is left stays buffered for the next start."""
         await self.buffer.open()
         disk = self.config.health.disk_path or Path(self.config.buffer.path).parent
-        probe = HealthProbe(disk_path=disk, uplink_state=self._uplink_state, profile=self.config.device.profile)
+        probe = HealthProbe(disk_path=disk, uplink_state=self._uplink_state, profile=self.config.device.profile,
+                            extra=self._inference_health)
         try:
             async with asyncio.TaskGroup() as tg:
                 core = [
@@ -109,10 +129,17 @@ class Agent:
                     for name, fn in (("uplink", self.uplink.run), ("sender", self.sender.run), ("sealer", self._seal_loop))
                 ]
                 health = tg.create_task(self._supervise("health", lambda: self._health_loop(probe)), name="health")
+                inference = tg.create_task(self._supervise("inference", self.tap.run), name="inference")
+                models = None
+                if self.models is not None:
+                    models = tg.create_task(self._supervise("models", self.models.run), name="models")
                 inputs = [tg.create_task(self._run_input(i), name=f"input:{i.name}") for i in self.inputs]
                 self.state.ready.set()
                 await _first(stop.wait(), *([asyncio.gather(*inputs)] if until_drained else []))
                 for t in (*inputs, health):
+                    t.cancel()
+                await self.tap.flush()  # predict the windows the inputs closed, so they are sent too
+                for t in (inference, *([models] if models else [])):
                     t.cancel()
                 try:
                     await self._report_health(probe)

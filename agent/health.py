@@ -33,10 +33,20 @@ def cpu_temperature_c() -> float | None:
 class HealthProbe:
     """Collects one health snapshot as readings. Channels are documented in docs/protocol.md."""
 
-    def __init__(self, *, disk_path: Path, uplink_state: Callable[[], dict[str, float]], profile: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        disk_path: Path,
+        uplink_state: Callable[[], dict[str, float]],
+        profile: str | None = None,
+        extra: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
+        """`extra` adds channels of other parts (inference figures: `InferencePipeline.health`),
+        called once per snapshot from the event loop, so it must be cheap and must not block."""
         self._disk_path = disk_path
         self._profile = profile
         self._uplink_state = uplink_state
+        self._extra = extra
         self._proc = psutil.Process(os.getpid())
         self._proc.cpu_percent(None)  # first call primes the counter
         self._started = time.monotonic()
@@ -69,5 +79,7 @@ class HealthProbe:
             values[name] = count  # dropped.<reason>, dropped_batches, sent.*, appended.*, dead_letters.*
         for name, value in self._uplink_state().items():
             values[f"uplink.{name}"] = value
+        if self._extra is not None:
+            values.update(self._extra())  # inference.*, shadow.*, info.model.*
         names = sorted(values)
         return Readings.from_rows((n, now_us, float(values[n])) for n in names)

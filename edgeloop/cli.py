@@ -15,6 +15,8 @@ from typing import Optional
 import typer
 
 from .httpclient import DEFAULT_HUB, get
+from .models_cli import keys_app, models_app
+from .rollouts_cli import rollouts_app, twin_app
 
 app = typer.Typer(help="edgeloop: edge-to-cloud IoT runtime.", no_args_is_help=True, add_completion=False)
 agent_app = typer.Typer(help="Run or check the device agent.", no_args_is_help=True)
@@ -29,6 +31,10 @@ app.add_typer(hub_app, name="hub")
 app.add_typer(sim_app, name="sim")
 app.add_typer(devices_app, name="devices")
 app.add_typer(telemetry_app, name="telemetry")
+app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
+app.add_typer(rollouts_app, name="rollouts")
+app.add_typer(twin_app, name="twin")
 
 HubOpt = typer.Option(DEFAULT_HUB, "--hub", help="The hub's HTTP API (or set EDGELOOP_HUB).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")

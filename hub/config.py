@@ -71,11 +71,21 @@ class ApiConfig(_Model):
     port: int = Field(8700, ge=0, le=65535)
 
 
+class ControlConfig(_Model):
+    """The control plane: model registry, device twins, rollouts (all in <data_dir>/control.db)."""
+
+    enabled: bool = True
+    poll_interval: Duration = timedelta(seconds=30)  # told to devices in every twin answer
+    tick: Duration = timedelta(seconds=1)  # how often the rollout controller judges gates
+    controller: bool = True  # run the rollout controller in this process (one per data dir is enough)
+
+
 class HubConfig(_Model):
     data_dir: Path = Path("var/hub")
     broker: BrokerConfig = BrokerConfig()
     ingest: IngestConfig = IngestConfig()
     api: ApiConfig = ApiConfig()
+    control: ControlConfig = ControlConfig()
     log_level: str = "info"
 
 

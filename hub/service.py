@@ -35,6 +35,10 @@ class Hub:
         self.broker: EmbeddedNats | None = None
         self.store: Store | None = None
         self.pipeline: Pipeline | None = None
+        # The control plane (registry, twins, rollouts): built in run(), before the API starts.
+        self.registry = None
+        self.rollouts = None
+        self.twins = None
 
     def _embedded(self) -> EmbeddedNats:
         e = self.config.broker.embedded
@@ -65,6 +69,8 @@ class Hub:
             await ensure_streams(js, cfg.broker.stream)
             self.store = await asyncio.to_thread(Store, cfg.data_dir)
             self.pipeline = Pipeline(self.store, JetStreamDeadLetters(js), cfg.ingest)
+            if cfg.control.enabled:
+                await asyncio.to_thread(self._open_control)
             tasks = [
                 asyncio.create_task(self._supervise(
                     f"ingest-{i}",
@@ -82,6 +88,12 @@ class Hub:
                     except TimeoutError:
                         log.warning("hub: no connection to %s yet; ingest from it starts when it answers",
                                     cfg.ingest.mqtt.url)
+                if self.rollouts is not None and cfg.control.controller:
+                    from .rollouts import run_controller
+
+                    tasks.append(asyncio.create_task(run_controller(
+                        self.rollouts, self.twins, stop, tick_s=cfg.control.tick.total_seconds(),
+                    ), name="rollouts"))
                 if cfg.api.enabled:
                     tasks.append(asyncio.create_task(self._serve_api(), name="api"))
                 else:
@@ -97,10 +109,24 @@ class Hub:
                     log.debug("hub: close: %s", exc)
             if self.pipeline is not None:
                 self.pipeline.close()
+            for part in (self.twins, self.rollouts, self.registry):
+                if part is not None:
+                    part.close()
             if self.store is not None:
                 self.store.close()
             if self.broker is not None:
                 await asyncio.to_thread(self.broker.stop)
+
+    def _open_control(self) -> None:
+        from .registry import Registry
+        from .rollouts import Rollouts
+        from .twin import TwinStore
+
+        cfg = self.config
+        self.registry = Registry(cfg.data_dir)
+        self.rollouts = Rollouts(cfg.data_dir, self.registry)
+        self.twins = TwinStore(cfg.data_dir, self.registry, self.rollouts,
+                               poll_interval_s=cfg.control.poll_interval.total_seconds())
 
     async def _supervise(self, name: str, run) -> None:
         """Keep an ingest source running: a crash is counted, logged and restarted with backoff."""

@@ -20,6 +20,7 @@ class Kind(enum.Enum):
 
     ALERT = "alert"
     HEALTH = "health"
+    PREDICTION = "prediction"  # a model's output per feature window (agent/inference)
     TELEMETRY = "telemetry"
 
     @property
@@ -35,8 +36,14 @@ class Kind(enum.Enum):
         return _BY_CODE[code]
 
 
-_LANES = {Kind.ALERT: 0, Kind.HEALTH: 1, Kind.TELEMETRY: 2}
-_CODES = {Kind.TELEMETRY: 0, Kind.HEALTH: 1, Kind.ALERT: 2}
+# Lanes are the agent's send order and, reversed, its eviction order. Predictions go ahead of
+# telemetry: a window's prediction is a few readings distilled from hundreds of raw ones, and a
+# model's output is what the fleet acts on, so after an outage it should arrive first and be
+# the last thing a full buffer gives up before the device's own health and alerts.
+# Lanes are device-local (the agent's buffer stores them; agent/buffer.py migrates old files);
+# codes are on the wire for ever: a new kind takes the next code, never an old one.
+_LANES = {Kind.ALERT: 0, Kind.HEALTH: 1, Kind.PREDICTION: 2, Kind.TELEMETRY: 3}
+_CODES = {Kind.TELEMETRY: 0, Kind.HEALTH: 1, Kind.ALERT: 2, Kind.PREDICTION: 3}
 _BY_CODE = {v: k for k, v in _CODES.items()}
 
 

@@ -24,11 +24,13 @@ from __future__ import annotations
 import numbers
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ManifestError
 from .manifest import Manifest, load_json
-from .signing import Signature
+
+if TYPE_CHECKING:  # signing needs `cryptography`; a device that only reports figures never loads it
+    from .signing import Signature
 
 TWIN_VERSION = 1
 MAX_TWIN_BYTES = 4 << 20
@@ -254,6 +256,7 @@ class DesiredModel:
         import json
 
         from .manifest import canonical_json
+        from .signing import Signature
 
         d = _obj(where, obj, ("name", "version", "feature_params", "variants", "artifacts_url"))
         if not isinstance(d["feature_params"], dict):

@@ -65,7 +65,7 @@ def parse_record(obj: object, *, default_channel: str | None = None) -> tuple[Ki
     try:
         kind = Kind(obj.get("kind", "telemetry"))
     except ValueError:
-        raise RecordError(f"kind {obj.get('kind')!r} is not one of telemetry, alert, health.") from None
+        raise RecordError(f"kind {obj.get('kind')!r} is not one of {', '.join(k.value for k in Kind)}.") from None
     if "ts_us" in obj:
         ts = obj["ts_us"]
         if not isinstance(ts, int) or isinstance(ts, bool):

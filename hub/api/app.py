@@ -85,4 +85,13 @@ def create_app(hub: "Hub") -> FastAPI:
         with closing(db()) as con:
             return meta.dead_letters(con, limit)
 
+    if getattr(hub, "registry", None) is not None:
+        from .models import router as models_router
+
+        app.include_router(models_router(hub.registry))
+    if getattr(hub, "twins", None) is not None:
+        from .control import router as control_router
+
+        app.include_router(control_router(hub.twins, hub.rollouts))
+
     return app

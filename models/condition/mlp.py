@@ -1,5 +1,8 @@
 """A one-hidden-layer perceptron in numpy: standardize, dense + ReLU, dense, softmax.
 
+(`train(..., inner=(256,))` inserts further dense + ReLU layers after the first, for benchmarks
+that need a model whose weights dominate its file; the recipe itself never passes it.)
+
 No torch or tensorflow: the network is small enough that full-batch Adam on float64 numpy
 arrays trains it in about a second, and every step is a plain matrix product, so the same numpy
 and BLAS on the same CPU give the same weights bit for bit. (BLAS kernels differ between CPU
@@ -8,6 +11,7 @@ families, so another machine may differ in the last bits; the recipe's metrics d
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +25,11 @@ class Weights:
     scale: np.ndarray  # [F], 1 / std
     w1: np.ndarray  # [H, F]  (out, in), the layout of Gemm(transB=1) and TFLite FULLY_CONNECTED
     b1: np.ndarray  # [H]
-    w2: np.ndarray  # [C, H]
+    w2: np.ndarray  # [C, H] (H: the last hidden layer's width)
     b2: np.ndarray  # [C]
+    # Hidden-to-hidden layers after the first ReLU, each `relu(h @ w.T + b)`, w [H_out, H_in]. Empty
+    # in the recipe (and in every exported graph of export.py); only `train(..., inner=...)` fills it.
+    inner: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,18 +56,29 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 def train(
     x: np.ndarray, y: np.ndarray, *, n_classes: int, config: TrainConfig = TrainConfig(),
+    inner: Sequence[int] = (),
 ) -> tuple[Weights, list[float]]:
-    """Weights fitted by full-batch Adam on cross-entropy + L2, and the loss every 100 steps."""
+    """Weights fitted by full-batch Adam on cross-entropy + L2, and the loss every 100 steps.
+
+    `inner`: widths of further hidden layers after the first (`config.hidden` wide), each dense +
+    ReLU. The default, none, is the recipe's network, trained exactly as before: the same draws
+    from the seeded generator in the same order, the same arithmetic.
+    """
     mean, scale = standardizer(x)
     xs = (x - mean) * scale
     n, f = xs.shape
     rng = np.random.default_rng(config.seed)
+    widths = [config.hidden, *inner]
     params = {
         "w1": rng.standard_normal((f, config.hidden)) * np.sqrt(2.0 / f),  # He init for ReLU
         "b1": np.zeros(config.hidden),
-        "w2": rng.standard_normal((config.hidden, n_classes)) * np.sqrt(1.0 / config.hidden),
-        "b2": np.zeros(n_classes),
     }
+    mids = [(f"w_inner{i}", f"b_inner{i}") for i in range(len(inner))]
+    for (wk, bk), fan_in, width in zip(mids, widths, widths[1:]):
+        params[wk] = rng.standard_normal((fan_in, width)) * np.sqrt(2.0 / fan_in)
+        params[bk] = np.zeros(width)
+    params["w2"] = rng.standard_normal((widths[-1], n_classes)) * np.sqrt(1.0 / widths[-1])
+    params["b2"] = np.zeros(n_classes)
     onehot = np.eye(n_classes)[y]
     m = {k: np.zeros_like(v) for k, v in params.items()}
     v = {k: np.zeros_like(p) for k, p in params.items()}
@@ -69,16 +87,27 @@ def train(
     for step in range(1, config.steps + 1):
         pre = xs @ params["w1"] + params["b1"]
         h = np.maximum(pre, 0.0)
+        layers = []  # (input, pre-activation) of each inner layer, for the backward pass
+        for wk, bk in mids:
+            layers.append((h, h @ params[wk] + params[bk]))
+            h = np.maximum(layers[-1][1], 0.0)
         p = _softmax(h @ params["w2"] + params["b2"])
         if step % 100 == 1 or step == config.steps:
             ce = -np.log(np.maximum((p * onehot).sum(axis=1), 1e-300)).mean()
-            losses.append(float(ce + 0.5 * config.l2 * ((params["w1"] ** 2).sum() + (params["w2"] ** 2).sum())))
+            l2 = (params["w1"] ** 2).sum() + (params["w2"] ** 2).sum() + sum((params[wk] ** 2).sum() for wk, _ in mids)
+            losses.append(float(ce + 0.5 * config.l2 * l2))
         d_logits = (p - onehot) / n
         grads = {
             "w2": h.T @ d_logits + config.l2 * params["w2"],
             "b2": d_logits.sum(axis=0),
         }
-        d_pre = (d_logits @ params["w2"].T) * (pre > 0)
+        d_h, w_next = d_logits, params["w2"]
+        for (wk, bk), (h_in, pre_i) in zip(reversed(mids), reversed(layers)):
+            d_pre_i = (d_h @ w_next.T) * (pre_i > 0)
+            grads[wk] = h_in.T @ d_pre_i + config.l2 * params[wk]
+            grads[bk] = d_pre_i.sum(axis=0)
+            d_h, w_next = d_pre_i, params[wk]
+        d_pre = (d_h @ w_next.T) * (pre > 0)
         grads["w1"] = xs.T @ d_pre + config.l2 * params["w1"]
         grads["b1"] = d_pre.sum(axis=0)
         for k in params:
@@ -92,6 +121,7 @@ def train(
         mean=mean.astype(f32), scale=scale.astype(f32),
         w1=np.ascontiguousarray(params["w1"].T, f32), b1=params["b1"].astype(f32),
         w2=np.ascontiguousarray(params["w2"].T, f32), b2=params["b2"].astype(f32),
+        inner=tuple((np.ascontiguousarray(params[wk].T, f32), params[bk].astype(f32)) for wk, bk in mids),
     )
     return weights, losses
 
@@ -100,6 +130,8 @@ def predict_proba(weights: Weights, x: np.ndarray) -> np.ndarray:
     """The exported graph's arithmetic in float32 numpy: the reference the ONNX model must match."""
     xs = (x.astype(np.float32) - weights.mean) * weights.scale
     h = np.maximum(xs @ weights.w1.T + weights.b1, np.float32(0))
+    for w, b in weights.inner:
+        h = np.maximum(h @ w.T + b, np.float32(0))
     return _softmax(h @ weights.w2.T + weights.b2)
 
 

@@ -45,6 +45,9 @@ class Network:
     w1: np.ndarray  # float32 [H, F], or int8 when quantized
     b1: np.ndarray  # float32 [H], or int32 when quantized
     quantized: "Int8Layer | None" = None
+    # Further hidden layers between dense1 and dense2 (dense_inner{i} in the ONNX graph), each
+    # dense + ReLU: (w [H', H], b [H']) floats, or int8/int32 with their Int8Layer when quantized.
+    inner: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,19 @@ def read_onnx(path: Path) -> Network:
     model = onnx.load(str(path))
     init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     ops = [n.op_type for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
-    if ops not in (["Sub", "Mul", "Gemm", "Relu", "Gemm", "Softmax", "ArgMax"], ["Sub", "Mul", "Gemm", "Gemm", "Softmax", "ArgMax"]):
+    k = sum(1 for n in model.graph.node if n.op_type == "Gemm" and n.name.startswith("dense_inner"))
+    if ops not in (["Sub", "Mul", "Gemm", "Relu", *["Gemm", "Relu"] * k, "Gemm", "Softmax", "ArgMax"],
+                   ["Sub", "Mul", "Gemm", *["Gemm"] * k, "Gemm", "Softmax", "ArgMax"]):
         raise ValueError(f"{path} is not a condition graph this converter knows: its float ops are {ops!r}.")
     common = dict(
         mean=init["std_mean"].astype(np.float32), scale=init["std_scale"].astype(np.float32),
         w2=init["dense2_weight"].astype(np.float32), b2=init["dense2_bias"].astype(np.float32),
     )
     if "dense1_weight" in init:
-        return Network(w1=init["dense1_weight"].astype(np.float32), b1=init["dense1_bias"].astype(np.float32), **common)
+        inner = tuple((init[f"dense_inner{i}_weight"].astype(np.float32), init[f"dense_inner{i}_bias"].astype(np.float32))
+                      for i in range(k))
+        return Network(w1=init["dense1_weight"].astype(np.float32), b1=init["dense1_bias"].astype(np.float32),
+                       inner=inner, **common)
     for name in ("dense1_weight_zero_point", "dense1_bias_quantized_zero_point"):
         if np.any(init[name] != 0):
             raise ValueError(f"{path}: {name} is not all zero; TFLite needs symmetric weights and bias.")
@@ -88,8 +96,21 @@ def read_onnx(path: Path) -> Network:
     )
     if layer.hidden_zero != -128:
         raise ValueError(f"{path}: hidden zero point is {layer.hidden_zero}, not -128; the Relu was not folded.")
+    inner, in_scale, in_zero = [], layer.hidden_scale, layer.hidden_zero
+    for i in range(k):
+        name, out = f"dense_inner{i}", f"hidden_inner{i}"
+        for z in (f"{name}_weight_zero_point", f"{name}_bias_quantized_zero_point"):
+            if np.any(init[z] != 0):
+                raise ValueError(f"{path}: {z} is not all zero; TFLite needs symmetric weights and bias.")
+        q = Int8Layer(in_scale=in_scale, in_zero=in_zero, w1_scale=init[f"{name}_weight_scale"].astype(np.float32),
+                      b1_scale=init[f"{name}_bias_quantized_scale"].astype(np.float32),
+                      hidden_scale=float(init[f"{out}_scale"]), hidden_zero=int(init[f"{out}_zero_point"]))
+        if q.hidden_zero != -128:
+            raise ValueError(f"{path}: {out} zero point is {q.hidden_zero}, not -128; the Relu was not folded.")
+        inner.append((init[f"{name}_weight_quantized"].astype(np.int8), init[f"{name}_bias_quantized"].astype(np.int32), q))
+        in_scale, in_zero = q.hidden_scale, q.hidden_zero
     return Network(w1=init["dense1_weight_quantized"].astype(np.int8),
-                   b1=init["dense1_bias_quantized"].astype(np.int32), quantized=layer, **common)
+                   b1=init["dense1_bias_quantized"].astype(np.int32), quantized=layer, inner=tuple(inner), **common)
 
 
 def build_tflite(net: Network, *, description: str) -> bytes:
@@ -153,11 +174,22 @@ def build_tflite(net: Network, *, description: str) -> bytes:
         tensor("dense1_weight", T.INT8, [h, f], buffer=const(net.w1), q=quant(q.w1_scale, h_zero))
         tensor("dense1_bias", T.INT32, [h], buffer=const(net.b1), q=quant(q.b1_scale, h_zero))
         tensor("hidden_q", T.INT8, [-1, h], q=quant(np.array([q.hidden_scale]), np.array([q.hidden_zero])))
+        for i, (w, bias, lq) in enumerate(net.inner):
+            zero = np.zeros(len(bias), np.int64)
+            tensor(f"dense_inner{i}_weight", T.INT8, list(w.shape), buffer=const(w), q=quant(lq.w1_scale, zero))
+            tensor(f"dense_inner{i}_bias", T.INT32, [len(bias)], buffer=const(bias), q=quant(lq.b1_scale, zero))
+            tensor(f"hidden_inner{i}_q", T.INT8, [-1, len(bias)],
+                   q=quant(np.array([lq.hidden_scale]), np.array([lq.hidden_zero])))
     else:
         tensor("dense1_weight", T.FLOAT32, [h, f], buffer=const(net.w1))
         tensor("dense1_bias", T.FLOAT32, [h], buffer=const(net.b1))
-    tensor("hidden", T.FLOAT32, [-1, h])
-    tensor("dense2_weight", T.FLOAT32, [c, h], buffer=const(net.w2))
+        for i, (w, bias) in enumerate(net.inner):
+            tensor(f"hidden_pre_inner{i}", T.FLOAT32, [-1, w.shape[1]])
+            tensor(f"dense_inner{i}_weight", T.FLOAT32, list(w.shape), buffer=const(w))
+            tensor(f"dense_inner{i}_bias", T.FLOAT32, [len(bias)], buffer=const(bias))
+    h_last = len(net.inner[-1][1]) if net.inner else h
+    tensor("hidden", T.FLOAT32, [-1, h_last])
+    tensor("dense2_weight", T.FLOAT32, [c, h_last], buffer=const(net.w2))
     tensor("dense2_bias", T.FLOAT32, [c], buffer=const(net.b2))
     tensor("logits", T.FLOAT32, [-1, c])
     tensor("probabilities", T.FLOAT32, [-1, c])
@@ -200,18 +232,25 @@ def build_tflite(net: Network, *, description: str) -> bytes:
            lambda: options_simple(t.SubOptionsStart, t.SubOptionsAddFusedActivationFunction, t.SubOptionsEnd))
     mul = (O.MUL, 1, ["centred", "std_scale"], ["standardized"], BO.MulOptions,
            lambda: options_simple(t.MulOptionsStart, t.MulOptionsAddFusedActivationFunction, t.MulOptionsEnd))
+    k = len(net.inner)
     if q is not None:
+        hq = ["hidden_q", *[f"hidden_inner{i}_q" for i in range(k)]]
         dense1 = [
             (O.QUANTIZE, 2, ["standardized"], ["standardized_q"], BO.QuantizeOptions,
              lambda: options_empty(t.QuantizeOptionsStart, t.QuantizeOptionsEnd)),
             (O.FULLY_CONNECTED, 4, ["standardized_q", "dense1_weight", "dense1_bias"], ["hidden_q"],
              BO.FullyConnectedOptions, lambda: options_fc(AF.RELU)),
-            (O.DEQUANTIZE, 2, ["hidden_q"], ["hidden"], BO.DequantizeOptions,
+            *[(O.FULLY_CONNECTED, 4, [hq[i], f"dense_inner{i}_weight", f"dense_inner{i}_bias"], [hq[i + 1]],
+               BO.FullyConnectedOptions, lambda: options_fc(AF.RELU)) for i in range(k)],
+            (O.DEQUANTIZE, 2, [hq[-1]], ["hidden"], BO.DequantizeOptions,
              lambda: options_empty(t.DequantizeOptionsStart, t.DequantizeOptionsEnd)),
         ]
     else:
-        dense1 = [(O.FULLY_CONNECTED, 1, ["standardized", "dense1_weight", "dense1_bias"], ["hidden"],
-                   BO.FullyConnectedOptions, lambda: options_fc(AF.RELU))]
+        hf = [*[f"hidden_pre_inner{i}" for i in range(k)], "hidden"]
+        dense1 = [(O.FULLY_CONNECTED, 1, ["standardized", "dense1_weight", "dense1_bias"], [hf[0]],
+                   BO.FullyConnectedOptions, lambda: options_fc(AF.RELU)),
+                  *[(O.FULLY_CONNECTED, 1, [hf[i], f"dense_inner{i}_weight", f"dense_inner{i}_bias"], [hf[i + 1]],
+                     BO.FullyConnectedOptions, lambda: options_fc(AF.RELU)) for i in range(k)]]
     ops = [
         sub, mul, *dense1,
         (O.FULLY_CONNECTED, 1, ["hidden", "dense2_weight", "dense2_bias"], ["logits"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from agent.buffer import Buffer
 from agent.config import BufferConfig
-from agent.errors import BufferFullError
+from agent.errors import BufferError_, BufferFullError
 from protocol import Kind, Readings, decode_batch
 
 
@@ -85,7 +86,7 @@ def test_seal_waits_for_interval_or_size(tmp_path):
     assert b.seal() == 1  # full batch: no need to wait
 
 
-def test_alerts_first_then_health_then_live_then_backlog(tmp_path):
+def test_alerts_first_then_health_then_predictions_then_live_then_backlog(tmp_path):
     clock = Clock()
     b = make(tmp_path, clock, live_window="5s")
     b.append(readings(10))
@@ -97,10 +98,13 @@ def test_alerts_first_then_health_then_live_then_backlog(tmp_path):
     b.seal(force=True)  # seq 3
     b.append(readings(10), kind=Kind.ALERT)
     b.seal(force=True)  # seq 4
+    b.append(readings(10), kind=Kind.PREDICTION)
+    b.seal(force=True)  # seq 5
     assert [(x.seq, x.kind) for x in b.next_batches(10)] == [
-        (4, Kind.ALERT), (3, Kind.HEALTH), (2, Kind.TELEMETRY), (1, Kind.TELEMETRY)
+        (4, Kind.ALERT), (3, Kind.HEALTH), (5, Kind.PREDICTION), (2, Kind.TELEMETRY), (1, Kind.TELEMETRY)
     ]
-    assert [x.seq for x in b.next_batches(10, exclude=[4, 2])] == [3, 1]
+    assert [x.seq for x in b.next_batches(10, exclude=[4, 2])] == [3, 5, 1]
+    assert decode_batch(b.next_batches(10, exclude=[4, 3])[0].payload).header.kind is Kind.PREDICTION
 
 
 def test_checkpoint_commits_with_the_readings(tmp_path):
@@ -250,3 +254,64 @@ def test_a_chunk_of_several_kinds_commits_whole_or_not_at_all(tmp_path):
     st = b.stats()
     assert (st.counters["appended.alert"], st.counters["appended.telemetry"]) == (10, 100)
     assert b.checkpoint("jsonl") == "100"
+
+
+def test_drop_oldest_takes_telemetry_before_predictions(tmp_path):
+    clock = Clock()
+    b = make(tmp_path, clock, max_bytes=1000, when_full="drop_oldest")
+    b.append(readings(40, seed=1), kind=Kind.PREDICTION)  # the oldest, yet evicted last
+    b.seal(force=True)
+    clock.advance(1)
+    b.append(readings(20, seed=2))
+    b.seal(force=True)
+    clock.advance(1)
+    assert b.append(readings(34, seed=3)).accepted == 34  # room for it: one of the two sealed batches
+    st = b.stats()
+    assert st.counters["evicted.telemetry"] > 0 and "evicted.prediction" not in st.counters
+    assert Kind.PREDICTION in {x.kind for x in b.next_batches(10)}
+
+
+@pytest.mark.parametrize("policy", ["block", "drop_newest"])
+def test_predictions_get_no_overdraft(tmp_path, policy):
+    b = make(tmp_path, max_bytes=4000, when_full=policy)
+    b.append(readings(150))
+    if policy == "block":
+        with pytest.raises(BufferFullError):
+            b.append(readings(100), kind=Kind.PREDICTION)
+    else:
+        assert b.append(readings(100), kind=Kind.PREDICTION).dropped == 100
+        assert b.stats().counters["refused.prediction"] == 100
+    assert b.stats().bytes_used <= 4000
+
+
+def test_a_buffer_from_before_predictions_keeps_its_telemetry_telemetry(tmp_path):
+    """Files written with lanes alert 0, health 1, telemetry 2 are renumbered once, on open."""
+    b = make(tmp_path)
+    b.append(readings(10), kind=Kind.HEALTH)
+    b.append(readings(20))
+    b.seal(force=True)
+    b.append(readings(30, seed=1))  # still pending
+    b.close()
+    db = sqlite3.connect(tmp_path / "b.db")
+    with db:  # what an agent of layout 1 left behind
+        for table in ("pending", "batches"):
+            db.execute(f"UPDATE {table} SET lane = 2 WHERE lane = ?", (Kind.TELEMETRY.lane,))
+        db.execute("DELETE FROM meta WHERE key = 'lanes'")
+    db.close()
+    b = make(tmp_path)
+    assert [x.kind for x in b.next_batches(10)] == [Kind.HEALTH, Kind.TELEMETRY]
+    b.seal(force=True)
+    assert [x.kind for x in b.next_batches(10)] == [Kind.HEALTH, Kind.TELEMETRY, Kind.TELEMETRY]
+    assert all(decode_batch(x.payload).header.kind is x.kind for x in b.next_batches(10))
+    b.close()
+    assert [x.kind for x in make(tmp_path).next_batches(10)] == [Kind.HEALTH, Kind.TELEMETRY, Kind.TELEMETRY]
+
+
+def test_a_buffer_from_a_newer_agent_is_refused_naming_its_layout(tmp_path):
+    make(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "b.db")
+    with db:
+        db.execute("UPDATE meta SET value = 99 WHERE key = 'lanes'")
+    db.close()
+    with pytest.raises(BufferError_, match="lane layout 99"):
+        make(tmp_path)

@@ -112,3 +112,16 @@ def test_orphan_tmp_from_a_dead_writer_is_discarded_on_start(tmp_path):
     s2 = Store(tmp_path)
     assert not orphan.exists()
     assert lake_counts(s2.lake)["rows"] == 10
+
+
+def test_predictions_are_stored_as_their_own_kind_and_queried_by_it(tmp_path):
+    s = Store(tmp_path)
+    s.commit([batch(1), batch(2, kind=Kind.PREDICTION, channel="pred.class"), batch(3, kind=Kind.HEALTH)])
+    (led,) = ledger_of(s)
+    assert (led.hwm, led.gaps) == (3, [])  # one numbering for every kind of a device
+    predictions = query_telemetry(s.lake, kind="prediction", limit=100)
+    assert len(predictions) == 10 and {r["kind"] for r in predictions} == {"prediction"}
+    assert {r["channel"] for r in predictions} == {"pred.class"}
+    assert {r["kind"] for r in query_telemetry(s.lake, limit=100)} == {"telemetry"}  # the default
+    assert lake_counts(s.lake, kind="prediction")["rows"] == 10
+    assert len(query_telemetry(s.lake, kind=None, limit=100)) == 30

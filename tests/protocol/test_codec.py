@@ -397,7 +397,7 @@ def test_reasons() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("magic", b"LE"), ("kind", 3), ("flags", 1), ("count", 0), ("count", 51), ("t_start_us", T0 + 1),
+    [("magic", b"LE"), ("kind", 4), ("flags", 1), ("count", 0), ("count", 51), ("t_start_us", T0 + 1),
      ("t_end_us", T0), ("raw_len", 1), ("body_len", 1), ("tenant_len", 0)],
 )
 def test_header_inconsistencies_are_malformed(field: str, value: object) -> None:

@@ -144,7 +144,7 @@ def header_shaped(draw: st.DrawFn) -> bytes:
     fields = {name: draw(_field_values(name)) for name in FIELDS}
     fields |= draw(st.fixed_dictionaries({}, optional={
         "magic": st.just(b"EL"), "version": st.just(1), "flags": st.just(0),
-        "kind": st.integers(0, 2), "codec": st.integers(0, 1), "dict_id": st.just(0),
+        "kind": st.integers(0, 3), "codec": st.integers(0, 1), "dict_id": st.just(0),
     }))
     tenant = draw(st.binary(max_size=8) | st.just(b"acme"))
     device = draw(st.binary(max_size=8) | st.just(b"dev-1"))

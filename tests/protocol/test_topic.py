@@ -118,14 +118,15 @@ def test_kind_must_be_a_kind() -> None:
         Topic("acme", "dev-1", "telemetry")  # type: ignore[arg-type]
 
 
-def test_lanes_send_alerts_first() -> None:
-    assert Kind.ALERT.lane < Kind.HEALTH.lane < Kind.TELEMETRY.lane
-    assert sorted(Kind, key=lambda k: k.lane) == [Kind.ALERT, Kind.HEALTH, Kind.TELEMETRY]
+def test_lanes_send_alerts_first_and_predictions_before_telemetry() -> None:
+    assert Kind.ALERT.lane < Kind.HEALTH.lane < Kind.PREDICTION.lane < Kind.TELEMETRY.lane
+    assert sorted(Kind, key=lambda k: k.lane) == [Kind.ALERT, Kind.HEALTH, Kind.PREDICTION, Kind.TELEMETRY]
+    assert sorted(k.lane for k in Kind) == list(range(len(Kind)))
 
 
 def test_kind_codes_are_the_wire_values() -> None:
     # On the wire for ever: changing one misfiles every batch already stored.
-    assert {k: k.code for k in Kind} == {Kind.TELEMETRY: 0, Kind.HEALTH: 1, Kind.ALERT: 2}
+    assert {k: k.code for k in Kind} == {Kind.TELEMETRY: 0, Kind.HEALTH: 1, Kind.ALERT: 2, Kind.PREDICTION: 3}
     for kind in Kind:
         assert Kind.from_code(kind.code) is kind
 
