@@ -16,7 +16,7 @@ from .asyncbuffer import AsyncBuffer
 from .backoff import Backoff
 from .buffer import BufferStats
 from .config import AgentConfig, BackoffConfig
-from .errors import BufferFullError
+from .errors import AgentError, BufferFullError
 from .health import HealthProbe
 from .inference import InferencePipeline, InferenceTap
 from .inputs import Input, make_input
@@ -119,6 +119,11 @@ class Agent:
         finished and every reading is acknowledged. Then send a last health report, seal, send
         what the grace period allows, and close; what is left stays buffered for the next start."""
         await self.buffer.open()
+        if self.models is not None:
+            try:
+                await self.models.start()  # serve the installed model from the first reading on
+            except (AgentError, OSError) as exc:  # readings come first; the models task tries again
+                log.error("models: the installed model could not be started: %s", exc)
         disk = self.config.health.disk_path or Path(self.config.buffer.path).parent
         probe = HealthProbe(disk_path=disk, uplink_state=self._uplink_state, profile=self.config.device.profile,
                             extra=self._inference_health)
@@ -153,6 +158,8 @@ class Agent:
                 self.final_stats = await self.buffer.stats()
             finally:
                 await self.buffer.close()
+                if self.models is not None:
+                    await self.models.close()
 
     async def _flush(self, stop: asyncio.Event | None) -> None:
         """Seal everything and wait for acks: until drained and `stop` when given, else the grace."""

@@ -104,6 +104,8 @@ class SlotStateError(ModelError):
 
 
 class DownloadError(ModelError):
+    reason = "download_failed"  # the way there failed (hub away, connection cut): retried next round
+
     def __init__(self, url: str, why: str) -> None:
         self.url = url
         self.why = why
@@ -111,7 +113,12 @@ class DownloadError(ModelError):
 
 
 class CorruptDownloadError(DownloadError):
-    pass
+    """The bytes are wrong, not late: `reason` is "truncated" (shorter than the manifest says) or
+    "tampered" (longer, or another sha256). The model is refused, not retried."""
+
+    def __init__(self, url: str, why: str, *, reason: str = "tampered") -> None:
+        self.reason = reason
+        super().__init__(url, why)
 
 
 class InferenceError(AgentError):

@@ -85,7 +85,8 @@ async def download(
         await asyncio.to_thread(_verify_and_commit, part, dest, artifact)
     except (ArtifactMismatchError, TruncatedArtifactError) as exc:
         part.unlink(missing_ok=True)
-        raise CorruptDownloadError(url, f"the downloaded bytes were refused and deleted: {exc}") from exc
+        raise CorruptDownloadError(url, f"the downloaded bytes were refused and deleted: {exc}",
+                                   reason="truncated" if isinstance(exc, TruncatedArtifactError) else "tampered") from exc
     return dest
 
 
@@ -122,7 +123,8 @@ async def _fetch(client: httpx.AsyncClient, url: str, part: Path, start: int, en
             if m[3] != "*" and int(m[3]) != artifact.size:
                 part.unlink(missing_ok=True)
                 raise CorruptDownloadError(
-                    url, f"the server's file is {m[3]} bytes where the manifest says {artifact.size} for {artifact.name!r}."
+                    url, f"the server's file is {m[3]} bytes where the manifest says {artifact.size} for {artifact.name!r}.",
+                    reason="truncated" if int(m[3]) < artifact.size else "tampered",
                 )
             await _append(r, part, "ab", end - start + 1)
         elif r.status_code == 200:  # Range ignored: the whole file, from byte 0
@@ -135,7 +137,8 @@ async def _fetch(client: httpx.AsyncClient, url: str, part: Path, start: int, en
         elif r.status_code == 416:
             part.unlink(missing_ok=True)
             raise CorruptDownloadError(
-                url, f"the server's file ends before byte {start}, yet the manifest says {artifact.size} bytes."
+                url, f"the server's file ends before byte {start}, yet the manifest says {artifact.size} bytes.",
+                reason="truncated",
             )
         elif r.status_code in _RETRYABLE:
             raise _Retryable(f"HTTP {r.status_code}")

@@ -67,7 +67,7 @@ SHADOW = "shadow"
 # Refusals that say something about the model itself; anything else is retried next round.
 PERMANENT = frozenset({
     "tampered", "untrusted_key", "truncated", "self_test_failed", "health_gate", "load_failed",
-    "feature_spec_mismatch", "no_variant", "corrupt_download",
+    "feature_spec_mismatch", "no_variant",
 })
 
 
@@ -112,11 +112,17 @@ class ModelManager:
         self.counters: dict[str, int] = {}
         self._refused: dict[str, dict[str, Any]] = self._read_refused()
         self.changed = asyncio.Event()  # set after every switch (tests and the live view wait on it)
+        self.started = False
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Serve what the active slot holds; a model that no longer loads is rolled back from."""
+        """Serve what the active slot holds; a model that no longer loads is rolled back from.
+
+        The daemon calls this before it starts its inputs, so the first window after a boot is
+        already judged by the model that was serving before it."""
+        if self.started:
+            return
         if self._client is None:
             self._client = httpx.AsyncClient()
         if self.cfg.hub_url is not None:
@@ -129,13 +135,14 @@ class ModelManager:
         while (active := await asyncio.to_thread(lambda: self.slots.active)) is not None:
             try:
                 await self._serve(active.manifest, active.model_path)
-                return
+                break
             except (InferenceError, ModelError) as exc:
                 log.error("model %s %s in the active slot does not load: %s", active.manifest.name,
                           active.manifest.version, exc)
                 if not await self._rollback(active.manifest, "load_failed", str(exc)):
                     self.pipeline.set_champion(None, None, None)
-                    return
+                    break
+        self.started = True
 
     async def close(self) -> None:
         for old in (self.pipeline.set_champion(None, None, None), self.pipeline.set_shadow(None, None)):
@@ -146,14 +153,13 @@ class ModelManager:
 
     async def run(self) -> None:
         """Exchange and reconcile forever (until cancelled); errors are logged, counted, retried."""
-        await self.start()
-        try:
-            while True:
-                await self.round()
-                poll = self.desired.poll_interval_s if self.desired else self.cfg.poll_interval.total_seconds()
-                await asyncio.sleep(poll)
-        finally:
-            await self.close()
+        await self.start()  # a no-op when the daemon already started it
+        # The models keep serving when this task stops: the daemon's last health report and
+        # last windows still use them; the owner calls close() at the very end.
+        while True:
+            await self.round()
+            poll = self.desired.poll_interval_s if self.desired else self.cfg.poll_interval.total_seconds()
+            await asyncio.sleep(poll)
 
     async def round(self) -> None:
         await self.judge_gate()
@@ -384,10 +390,8 @@ class _Refusal(InstallError):
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, (InstallError, VerificationError)):
+    if isinstance(exc, (InstallError, VerificationError, DownloadError)):
         return exc.reason
-    if isinstance(exc, DownloadError):
-        return "corrupt_download" if type(exc).__name__ == "CorruptDownloadError" else "download_failed"
     if isinstance(exc, InferenceError):
         return "load_failed"
     return "install_failed"
