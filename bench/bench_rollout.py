@@ -12,25 +12,33 @@ registered, signed and promoted as champion "1.0.0", and a `simulators.model_fle
 of `--devices` virtual devices, each running the agent's real ModelManager (twin exchange over
 HTTP, download, signature + sha256 checks, two slots on disk, onnxruntime self-test, switch,
 rollback) and a real InferencePipeline fed labelled windows. All devices share one
-httpx.AsyncClient whose pool holds a connection per device. The fleet ticks every `--poll`
-seconds: one round of every online device (infer a batch, exchange, reconcile), then a sleep of
-`--poll` (ModelFleet.run's loop, with a stopwatch on each round). Everything - hub, HTTP API,
-devices, their onnxruntime sessions - shares this process and its cores.
+httpx.AsyncClient whose pool holds a connection per device. The fleet runs ModelFleet.run's
+loop (one round of every online device - infer a batch, exchange, reconcile - then a sleep of
+`--poll`), with a stopwatch on each round. Everything - hub, HTTP API, controller, devices and
+their onnxruntime sessions - shares this process, its GIL and the machine's cores.
+
+Every operator action (promote, rollout start) is taken right after a fleet round ends, so each
+figure starts at the same phase of the devices' cycle: devices ask again `--poll` later.
+
+When a device switched model is stamped from its ModelManager's `changed` event (set after every
+switch and rollback; this bench clears it and reads that device's active slot); every "all on X"
+is then confirmed with fleet.versions(), which reads every device's slots from disk. Sampling
+fleet.versions() itself in a tight loop is not done: it costs ~0.5 ms a device on this event
+loop (see `fleet_versions_sample_ms`), which would slow down the fleet being timed.
 
 Figures, each beside a reference measured in the same run:
 
-  initial install       nothing -> every device on 1.0.0                 ref: one-step promote
-  one-step promote      `registry.promote(1.1.0)`, no rollout -> all on it   ref: one idle round + poll
-  4-stage rollout       1.2.0 (good), 5/25/50/100 % with `--bake` each:
-                        start -> state complete; start -> every device on 1.2.0   ref: one-step promote
-  failing gate          1.3.0-bad (divergent: passes its self-test, predictions diverge) and
-                        1.4.0-broken (does not load: the self-test refuses it), bake 30 s:
-                        start -> `halted` event; halted -> last device back on the champion
-                        (sampled from the devices' slots), and halted -> `rolled_back` event
-                                                                          ref: one-step promote
-  idle round            one fleet.tick() with nothing to change (median of 5)   ref: --poll
-  exchange only         every device's ModelManager.round() alone (median of 5) ref: idle round
-  GET /v1/rollouts/{id} over HTTP (median of 20)      ref: Rollouts.status() in-process
+  initial install        nothing -> every device on 1.0.0                  ref: one-step promote
+  one-step promote       `registry.promote(1.1.0)`, no rollout -> all on it  ref: idle round + --poll
+  4-stage rollout        1.2.0 (good), 5/25/50/100 % with `--bake` each:
+                         start -> state complete; start -> every device on 1.2.0   ref: one-step promote
+  failing gate           1.3.0-bad (divergent: passes its self-test, predictions diverge) and
+                         1.4.0-broken (does not load: the self-test refuses it), bake 30 s:
+                         start -> `halted` event; halted -> last device back on the champion,
+                         and halted -> `rolled_back` event                  ref: one-step promote
+  idle round             one fleet.tick() with nothing to change (median of 5)   ref: --poll
+  exchange only          every device's ModelManager.round() alone (median of 5)  ref: idle round
+  GET /v1/rollouts/{id}  over HTTP (median of 20)      ref: Rollouts.status() in-process
 
 The issue sets no numeric goal: every figure's goal is "report" and meets_goal is null.
 """
@@ -46,6 +54,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -65,8 +74,9 @@ GOAL = "report (the issue gives no numeric goal)"
 GATES = {"min_reporting": 2, "min_windows": 8, "max_failures": 0, "max_p95_ratio": 8.0, "max_divergence": 0.35}
 PERCENTS = (5, 25, 50, 100)
 BAD_BAKE_S = 30.0
-SAMPLE_S = 0.05  # how often convergence is sampled from the devices' slots
-TIMEOUT_S = 120.0  # per wait; a wait that runs past it fails the bench
+SAMPLE_S = 0.05  # how often the bench looks at the switch stamps and the rollout's state
+TIMEOUT_S = 150.0  # per wait; a wait that runs past it fails the bench
+GOOD_ATTEMPTS = 2  # a good rollout halted by a noisy gate is retried once (and the halt is reported)
 
 
 # --- the hub ------------------------------------------------------------------------------------
@@ -126,19 +136,22 @@ def plan(version: str, *, bake_s: float, poll_s: float) -> RolloutPlan:
 
 # --- the fleet ----------------------------------------------------------------------------------
 class Ticker:
-    """ModelFleet.run's loop (one round of every device, then sleep `interval`), timing each round."""
+    """ModelFleet.run's loop (one round of every online device, then sleep `interval`), timing each round."""
 
     def __init__(self, fleet: ModelFleet, interval: float) -> None:
         self.fleet, self.interval = fleet, interval
-        self.rounds: list[float] = []
+        self.rounds: list[tuple[float, float | None]] = []  # (start, duration) in perf_counter seconds
         self._stop = asyncio.Event()
+        self._ended = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     async def _run(self) -> None:
         while not self._stop.is_set():
             t = time.perf_counter()
+            self.rounds.append((t, None))
             await self.fleet.tick()
-            self.rounds.append(time.perf_counter() - t)
+            self.rounds[-1] = (t, time.perf_counter() - t)
+            self._ended.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=self.interval)
 
@@ -146,10 +159,15 @@ class Ticker:
         self._stop.clear()
         self._task = asyncio.create_task(self._run(), name="fleet-ticker")
 
+    async def after_round(self) -> None:
+        """Return right after the next round ends (the devices then sleep `interval`)."""
+        self._ended.clear()
+        await asyncio.wait_for(self._ended.wait(), timeout=TIMEOUT_S)
+
     async def stop(self) -> None:
         self._stop.set()
         if self._task is not None:
-            await asyncio.wait_for(self._task, timeout=60)
+            await asyncio.wait_for(self._task, timeout=120)
             self._task = None
 
     def check(self) -> None:
@@ -157,31 +175,106 @@ class Ticker:
             self._task.result()  # raise what stopped it
             raise RuntimeError("The fleet ticker stopped by itself.")
 
-
-async def until(predicate: Callable[[], bool], what: str, ticker: Ticker, *, timeout: float = TIMEOUT_S,
-                each: Callable[[], None] | None = None) -> tuple[float, float]:
-    """Sample `predicate` every SAMPLE_S until true; returns (perf_counter, time.time) of that sample."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if each is not None:
-            each()
-        if predicate():
-            return time.perf_counter(), time.time()
-        ticker.check()
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"Timed out after {timeout:g}s waiting for {what}.")
-        await asyncio.sleep(SAMPLE_S)
+    def between(self, t0: float, t1: float) -> dict[str, float]:
+        """Rounds started in [t0, t1] (perf_counter) and how long the finished ones took."""
+        r = [d for s, d in self.rounds if t0 <= s <= t1]
+        done = [d for d in r if d is not None]
+        return {"rounds": len(r), "round_median_s": statistics.median(done) if done else 0.0,
+                "round_max_s": max(done, default=0.0)}
 
 
-def all_on(fleet: ModelFleet, version: str) -> Callable[[], bool]:
-    n = len(fleet.devices)
-    return lambda: fleet.versions() == {version: n}
+class Switches:
+    """Each device's active version and when it last switched, from ModelManager.changed."""
+
+    def __init__(self, fleet: ModelFleet) -> None:
+        self.fleet = fleet
+        self.version: dict[str, str | None] = {}
+        self.at: dict[str, float] = {}  # time.time() of the device's last switch
+        self.log: list[tuple[float, str, str | None]] = []  # (time.time(), device, version) of every switch
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        for d in self.fleet.devices:
+            d.manager.changed.clear()
+            self.version[d.name] = self._read(d)
+            self._tasks.append(asyncio.create_task(self._watch(d), name=f"switches-{d.name}"))
+
+    @staticmethod
+    def _read(d) -> str | None:
+        a = d.manager.slots.active
+        return None if a is None else a.manifest.version
+
+    async def _watch(self, d) -> None:
+        while True:
+            await d.manager.changed.wait()
+            now = time.time()
+            d.manager.changed.clear()
+            v = self._read(d)
+            self.version[d.name], self.at[d.name] = v, now
+            self.log.append((now, d.name, v))
+
+    def counts(self) -> Counter[str | None]:
+        return Counter(self.version.values())
+
+    def counts_at(self, at: float) -> Counter[str | None]:
+        """Versions the devices ran at time.time() `at`, replayed from the log."""
+        first = {d.name: None for d in self.fleet.devices}
+        state = dict(first)
+        for t, name, v in self.log:
+            if t > at:
+                break
+            state[name] = v
+        return Counter(state.values())
+
+    def last_switch_after(self, t0: float) -> float | None:
+        later = [t for t, _, _ in self.log if t >= t0]
+        return max(later, default=None)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def until_state(hub: Hub, rid: str, states: tuple[str, ...], ticker: Ticker) -> dict:
-    await until(lambda: hub.rollouts.status(rid, events=False)["state"] in states, f"rollout {rid} to reach {states}",
-                ticker)
-    return hub.rollouts.status(rid)
+class Rig:
+    def __init__(self, hub: Hub, fleet: ModelFleet, ticker: Ticker, switches: Switches, tmp: Path, poll_s: float):
+        self.hub, self.fleet, self.ticker, self.switches, self.tmp, self.poll_s = hub, fleet, ticker, switches, tmp, poll_s
+        self.n = len(fleet.devices)
+        self.confirm_s: list[float] = []  # what each fleet.versions() confirmation cost
+
+    async def until(self, predicate: Callable[[], bool], what: str, *, timeout: float = TIMEOUT_S,
+                    each: Callable[[], None] | None = None) -> tuple[float, float]:
+        """Sample `predicate` every SAMPLE_S until true; (perf_counter, time.time()) of that sample."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if each is not None:
+                each()
+            if predicate():
+                return time.perf_counter(), time.time()
+            self.ticker.check()
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"Timed out after {timeout:g}s waiting for {what} "
+                                   f"(devices: {dict(self.switches.counts())}).")
+            await asyncio.sleep(SAMPLE_S)
+
+    async def all_on(self, version: str, since: float) -> tuple[float, float]:
+        """Wait until every device runs `version`, confirmed from disk by fleet.versions(); returns
+        (time.time() of the last switch since `since`, or `since` if nobody had to switch; detection time)."""
+        while True:
+            _, seen = await self.until(lambda: self.switches.counts() == {version: self.n},
+                                       f"every device on {version}")
+            t = time.perf_counter()
+            on_disk = self.fleet.versions()
+            self.confirm_s.append(time.perf_counter() - t)
+            if on_disk == {version: self.n}:
+                return self.switches.last_switch_after(since) or since, seen
+            note(f"switch stamps say all on {version}, the slots say {dict(on_disk)}; waiting on")
+            await asyncio.sleep(SAMPLE_S)
+
+    async def state(self, rid: str, states: tuple[str, ...], each: Callable[[], None] | None = None) -> dict:
+        await self.until(lambda: self.hub.rollouts.status(rid, events=False)["state"] in states,
+                         f"rollout {rid} to reach {states}", each=each)
+        return self.hub.rollouts.status(rid)
 
 
 def event_at(status: dict, to: str) -> float:
@@ -192,79 +285,104 @@ def event_at(status: dict, to: str) -> float:
     return at[0] / 1e6
 
 
-def rounds_during(ticker: Ticker, since: int) -> dict[str, float]:
-    r = ticker.rounds[since:]
-    return {"rounds": len(r), "round_median_s": statistics.median(r) if r else 0.0, "round_max_s": max(r, default=0.0)}
+def candidate_figures(rig: "Rig", version: str) -> list[dict]:
+    """What the devices running `version` would report now: predict calls, windows, p95."""
+    out = []
+    for d in rig.fleet.devices:
+        if rig.switches.version.get(d.name) != version:
+            continue
+        inf, _ = d.pipeline.report()
+        if inf is not None and inf.version == version:
+            out.append({"device": d.name, "calls": inf.calls, "windows": inf.windows, "p95_ms": inf.p95_ms})
+    return out
 
 
 # --- the scenarios ------------------------------------------------------------------------------
-async def one_step(hub: Hub, fleet: ModelFleet, ticker: Ticker, tmp: Path) -> dict:
-    register(hub, build_candidate(tmp / "c-1.1.0", "good", version="1.1.0"), "1.1.0")
-    r0 = len(ticker.rounds)
-    t0 = time.perf_counter()
-    hub.registry.promote(MODEL, "1.1.0")
-    t1, _ = await until(all_on(fleet, "1.1.0"), "every device on 1.1.0 after a one-step promote", ticker)
-    return {"seconds": t1 - t0, **rounds_during(ticker, r0)}
+async def initial(rig: Rig) -> dict:
+    p0, w0 = time.perf_counter(), time.time()
+    rig.ticker.start()
+    last, seen = await rig.all_on("1.0.0", w0)
+    return {"seconds": last - w0, "detected_s": seen - w0, **rig.ticker.between(p0, time.perf_counter())}
 
 
-async def staged_good(hub: Hub, fleet: ModelFleet, ticker: Ticker, tmp: Path, *, bake_s: float, poll_s: float) -> dict:
+async def one_step(rig: Rig) -> dict:
+    register(rig.hub, build_candidate(rig.tmp / "c-1.1.0", "good", version="1.1.0"), "1.1.0")
+    await rig.ticker.after_round()
+    p0, w0 = time.perf_counter(), time.time()
+    rig.hub.registry.promote(MODEL, "1.1.0")
+    last, seen = await rig.all_on("1.1.0", w0)
+    return {"seconds": last - w0, "detected_s": seen - w0, **rig.ticker.between(p0, time.perf_counter())}
+
+
+async def staged_good(rig: Rig, *, bake_s: float) -> dict:
     version = "1.2.0"
-    register(hub, build_candidate(tmp / f"c-{version}", "good", version=version), version)
-    r0 = len(ticker.rounds)
-    w0, t0 = time.time(), time.perf_counter()
-    rid = hub.rollouts.start(plan(version, bake_s=bake_s, poll_s=poll_s))["id"]
-    status = await until_state(hub, rid, ("complete", "halted", "rolled_back"), ticker)
-    t_complete = time.perf_counter()
-    if status["state"] != "complete":
-        raise RuntimeError(f"The good rollout ended {status['state']}: {status['reason']}")
-    t_conv, _ = await until(all_on(fleet, version), f"every device on {version}", ticker)
+    register(rig.hub, build_candidate(rig.tmp / f"c-{version}", "good", version=version), version)
+    halts = []
+    for attempt in range(1, GOOD_ATTEMPTS + 1):
+        await rig.ticker.after_round()
+        p0, w0 = time.perf_counter(), time.time()
+        rid = rig.hub.rollouts.start(plan(version, bake_s=bake_s, poll_s=rig.poll_s))["id"]
+        seen_cand: list[dict] = []
+        status = await rig.state(rid, ("complete", "halted", "rolled_back"),
+                                 each=lambda: seen_cand.__setitem__(slice(None), candidate_figures(rig, version)))
+        if status["state"] == "complete":
+            break
+        halts.append({"attempt": attempt, "reason": status["reason"], "candidate_devices": seen_cand})
+        note(f"the good rollout {rid} halted: {status['reason']}; candidate devices then: {seen_cand}")
+        champion = status["champion"]
+        await rig.all_on(champion, time.time())
+        await rig.state(rid, ("rolled_back",))
+    else:
+        raise RuntimeError(f"The good rollout halted {GOOD_ATTEMPTS} times: {halts}")
+    w_complete = event_at(status, "complete")
+    last, seen = await rig.all_on(version, w0)
     # Each stage's time, from the events: canary at the first tick, stage k+1 when k passed, complete last.
-    marks = [e["at_us"] / 1e6 for e in status["events"] if e["to"] in ("canary", "stage", "complete")]
-    stage_s = [b - a for a, b in zip(marks, marks[1:])]
-    return {"id": rid, "complete_s": t_complete - t0, "converged_s": t_conv - t0,
-            "complete_s_from_events": event_at(status, "complete") - w0,
-            "pending_to_canary_s": event_at(status, "canary") - w0,
-            "stage_s": [round(s, 3) for s in stage_s], "stage_sizes": status["events"][1]["details"].get("stage_sizes"),
-            "champion_after": hub.registry.alias(MODEL, "champion"), **rounds_during(ticker, r0)}
+    moves = [e for e in status["events"] if e["to"] in ("canary", "stage", "complete")]
+    stage_s = [(b["at_us"] - a["at_us"]) / 1e6 for a, b in zip(moves, moves[1:])]
+    sizes = moves[0]["details"].get("stage_sizes")
+    passed = []  # when each stage passed: how many devices ran the candidate, and how many the gate counted
+    for k, e in enumerate(moves[1:]):
+        reporting = next((g["value"] for g in e["details"].get("gates", []) if g["name"] == "min_reporting"), None)
+        passed.append({"stage": k, "assigned": sizes[k] if sizes else None, "min_reporting_value": reporting,
+                       "on_candidate": rig.switches.counts_at(e["at_us"] / 1e6).get(version, 0)})
+    return {"id": rid, "attempts": attempt, "halts": halts, "complete_s": w_complete - w0, "converged_s": last - w0,
+            "detected_s": seen - w0, "pending_to_canary_s": event_at(status, "canary") - w0,
+            "stage_s": [round(s, 3) for s in stage_s], "stage_sizes": sizes, "stage_passed": passed,
+            "on_candidate_at_complete": rig.switches.counts_at(w_complete).get(version, 0),
+            "champion_after": rig.hub.registry.alias(MODEL, "champion"),
+            **rig.ticker.between(p0, time.perf_counter())}
 
 
-async def failing(hub: Hub, fleet: ModelFleet, ticker: Ticker, tmp: Path, kind: str, version: str, *,
-                  champion: str, poll_s: float) -> dict:
-    register(hub, build_candidate(tmp / f"c-{version}", kind, version=version), version)
-    n = len(fleet.devices)
-    peak = {"on_candidate": 0}
-
-    def watch() -> None:
-        peak["on_candidate"] = max(peak["on_candidate"], fleet.versions().get(version, 0))
-
-    r0 = len(ticker.rounds)
-    w0, t0 = time.time(), time.perf_counter()
-    rid = hub.rollouts.start(plan(version, bake_s=BAD_BAKE_S, poll_s=poll_s))["id"]
-    await until(lambda: hub.rollouts.status(rid, events=False)["state"] in ("halted", "rolled_back", "complete"),
-                f"rollout {rid} to halt", ticker, each=watch)
+async def failing(rig: Rig, kind: str, version: str) -> dict:
+    register(rig.hub, build_candidate(rig.tmp / f"c-{version}", kind, version=version), version)
+    await rig.ticker.after_round()
+    p0, w0 = time.perf_counter(), time.time()
+    rid = rig.hub.rollouts.start(plan(version, bake_s=BAD_BAKE_S, poll_s=rig.poll_s))["id"]
+    status = await rig.state(rid, ("halted", "rolled_back", "complete"))
     w_seen_halt = time.time()
-    status = hub.rollouts.status(rid)
     if status["state"] == "complete":
         raise RuntimeError(f"The {kind} candidate went through every stage: {status['reason']}")
     w_halt = event_at(status, "halted")
     halt = next(e for e in status["events"] if e["to"] == "halted")
-    on_candidate_at_halt = fleet.versions().get(version, 0)
-    _, w_back = await until(all_on(fleet, champion), f"every device back on {champion}", ticker, each=watch)
-    status = await until_state(hub, rid, ("rolled_back",), ticker)
+    champion = status["champion"]
+    last, seen = await rig.all_on(champion, w_halt)
+    status = await rig.state(rid, ("rolled_back",))
     w_rolled = event_at(status, "rolled_back")
-    failures = sorted({d.manager.reported().failure.reason for d in fleet.devices
+    took = {name for t, name, v in rig.switches.log if v == version and t >= w0}
+    failures = sorted({d.manager.reported().failure.reason for d in rig.fleet.devices
                        if d.manager.reported().failure is not None})
-    return {"id": rid, "halt_s": w_halt - w0, "back_s": max(w_back - w_halt, 0.0),
+    return {"id": rid, "halt_s": w_halt - w0, "back_s": max(last - w_halt, 0.0), "detected_s": seen - w_halt,
             "rolled_back_event_s": w_rolled - w_halt, "halt_observed_lag_s": w_seen_halt - w_halt,
-            "halted_stage": halt["stage"], "halt_reason": halt["reason"], "canary_devices":
-            status["events"][1]["details"].get("stage_sizes", [None])[0], "peak_on_candidate": peak["on_candidate"],
-            "on_candidate_at_halt": on_candidate_at_halt, "device_failure_reasons": failures,
-            "champion_after": hub.registry.alias(MODEL, "champion"), "total_s": time.perf_counter() - t0,
-            **rounds_during(ticker, r0)}
+            "halted_stage": halt["stage"], "halt_reason": halt["reason"],
+            "canary_devices": (status["events"][1]["details"].get("stage_sizes") or [None])[0],
+            "devices_took_candidate": len(took), "on_candidate_at_halt": rig.switches.counts_at(w_halt).get(version, 0),
+            "device_failure_reasons": failures, "champion_after": rig.hub.registry.alias(MODEL, "champion"),
+            **rig.ticker.between(p0, time.perf_counter())}
 
 
-async def idle_costs(hub: Hub, fleet: ModelFleet, client: httpx.AsyncClient, rid: str) -> dict:
-    """With the ticker stopped: one whole round, the exchanges alone, and GET /v1/rollouts/{id}."""
+async def idle_costs(rig: Rig, client: httpx.AsyncClient, rid: str) -> dict:
+    """With the ticker stopped: one whole round, the exchanges alone, GET /v1/rollouts/{id}, fleet.versions()."""
+    fleet, hub = rig.fleet, rig.hub
     tick = []
     for _ in range(5):
         t = time.perf_counter()
@@ -285,19 +403,20 @@ async def idle_costs(hub: Hub, fleet: ModelFleet, client: httpx.AsyncClient, rid
         t = time.perf_counter()
         hub.rollouts.status(rid)
         direct.append(time.perf_counter() - t)
-    t = time.perf_counter()
+    versions = []
     for _ in range(5):
+        t = time.perf_counter()
         fleet.versions()
-    versions_s = (time.perf_counter() - t) / 5
+        versions.append(time.perf_counter() - t)
     return {"tick_s": statistics.median(tick), "tick_all_s": tick, "exchange_s": statistics.median(exch),
             "exchange_all_s": exch, "get_status_ms": statistics.median(http) * 1e3,
-            "status_direct_ms": statistics.median(direct) * 1e3, "versions_sample_ms": versions_s * 1e3}
+            "status_direct_ms": statistics.median(direct) * 1e3, "versions_ms": statistics.median(versions) * 1e3}
 
 
 def machine() -> str:
     return (f"{platform.machine()} {os.cpu_count()} cpu(s) ({len(os.sched_getaffinity(0))} usable, shared), "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}; hub, HTTP API, "
-            f"controller and every virtual device (onnxruntime) in one process")
+            f"controller and every virtual device (onnxruntime) in one process and one event loop")
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -310,8 +429,8 @@ async def main() -> None:
     p.add_argument("--dir", type=Path, default=None, help="where stores go (default: a temp dir)")
     args = p.parse_args()
     n = 50 if args.quick else args.devices
-    logging.basicConfig(level=logging.ERROR)  # devices log every install/rollback at INFO/WARNING
-    logging.getLogger("simulators.model_fleet").setLevel(logging.ERROR)
+    # Devices log every refusal and rollback; the drill makes them on purpose.
+    logging.basicConfig(level=logging.CRITICAL)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-rollout-") as tmp_name:
         tmp = Path(tmp_name)
@@ -323,88 +442,85 @@ async def main() -> None:
                 fleet = ModelFleet(tmp / "devices", hub_url=hub.state.api_url, trusted_keys=(key,), size=n,
                                    poll_interval_s=args.poll)
                 ticker = Ticker(fleet, args.poll)
+                switches = Switches(fleet)
+                rig = Rig(hub, fleet, ticker, switches, tmp, args.poll)
                 try:
                     t = time.perf_counter()
                     await fleet.start(client)
                     fleet_start_s = time.perf_counter() - t
+                    switches.start()
                     note(f"{n} devices started in {fleet_start_s:.1f}s; hub at {hub.state.api_url}")
 
-                    t0 = time.perf_counter()
-                    ticker.start()
-                    t1, _ = await until(all_on(fleet, "1.0.0"), "every device on 1.0.0", ticker)
-                    initial = {"seconds": t1 - t0, **rounds_during(ticker, 0)}
-                    note(f"initial install: all {n} on 1.0.0 in {initial['seconds']:.2f}s")
-
-                    ref = await one_step(hub, fleet, ticker, tmp)
-                    note(f"one-step promote: all {n} on 1.1.0 in {ref['seconds']:.2f}s")
-
-                    good = await staged_good(hub, fleet, ticker, tmp, bake_s=args.bake, poll_s=args.poll)
+                    init = await initial(rig)
+                    note(f"initial install: all {n} on 1.0.0 in {init['seconds']:.2f}s ({init['rounds']} round(s))")
+                    ref = await one_step(rig)
+                    note(f"one-step promote: all {n} on 1.1.0 in {ref['seconds']:.2f}s ({ref['rounds']} round(s))")
+                    good = await staged_good(rig, bake_s=args.bake)
                     note(f"4-stage rollout of 1.2.0: complete in {good['complete_s']:.2f}s, all {n} on it "
-                         f"in {good['converged_s']:.2f}s (stages {good['stage_s']})")
-
+                         f"in {good['converged_s']:.2f}s (stages {good['stage_s']}, attempt {good['attempts']})")
                     bad = {}
                     for kind, version in (("divergent", "1.3.0-bad"), ("broken", "1.4.0-broken")):
-                        bad[kind] = await failing(hub, fleet, ticker, tmp, kind, version, champion="1.2.0",
-                                                  poll_s=args.poll)
-                        note(f"{kind} {version}: halted {bad[kind]['halt_s']:.2f}s after start "
-                             f"({bad[kind]['halt_reason'][:80]}); all back on 1.2.0 {bad[kind]['back_s']:.2f}s "
-                             f"after the halt; rolled_back event {bad[kind]['rolled_back_event_s']:.2f}s after it")
-
+                        bad[kind] = b = await failing(rig, kind, version)
+                        note(f"{kind} {version}: halted {b['halt_s']:.2f}s after start ({b['halt_reason'][:70]}...); "
+                             f"all back on the champion {b['back_s']:.2f}s after the halt; rolled_back event "
+                             f"{b['rolled_back_event_s']:.2f}s after it")
                     await ticker.stop()
-                    idle = await idle_costs(hub, fleet, client, good["id"])
+                    idle = await idle_costs(rig, client, good["id"])
                     note(f"idle round {idle['tick_s']:.3f}s, exchanges alone {idle['exchange_s']:.3f}s, "
-                         f"GET status {idle['get_status_ms']:.1f}ms, fleet.versions() {idle['versions_sample_ms']:.1f}ms")
+                         f"GET status {idle['get_status_ms']:.1f}ms, fleet.versions() {idle['versions_ms']:.1f}ms")
                 finally:
                     with contextlib.suppress(Exception):
                         await ticker.stop()
+                    await switches.stop()
                     await fleet.close()
-                    errors = sum(d.errors for d in fleet.devices)
+                errors = sum(d.errors for d in fleet.devices)
     total_s = time.perf_counter() - started
     note(f"total {total_s:.1f}s")
 
-    common = {"devices": n, "poll_s": args.poll, "controller_tick_s": 0.1, "sample_s": SAMPLE_S,
-              "device_round_errors": errors, "bench_total_s": total_s, "machine": machine()}
+    common = {"devices": n, "poll_s": args.poll, "controller_tick_s": 0.1, "device_round_errors": errors,
+              "fleet_versions_ms": idle["versions_ms"], "bench_total_s": total_s, "machine": machine()}
     one = ref["seconds"]
-    one_ref = "one_step_promote_s (registry.promote of 1.1.0, no rollout: every device on it)"
+    one_ref = "one_step_promote_s (registry.promote of 1.1.0, no rollout: until every device runs it)"
     period = idle["tick_s"] + args.poll
-    emit("rollout_initial_install_s", initial["seconds"], "s", reference=one_ref, reference_value=one,
-         goal=GOAL, meets_goal=None, fleet_start_s=fleet_start_s,
-         install_rounds=initial["rounds"], install_round_median_s=initial["round_median_s"],
-         install_round_max_s=initial["round_max_s"], **common)
+    emit("rollout_initial_install_s", init["seconds"], "s", reference=one_ref, reference_value=one,
+         goal=GOAL, meets_goal=None, detected_s=init["detected_s"], fleet_start_s=fleet_start_s,
+         rounds=init["rounds"], round_median_s=init["round_median_s"], round_max_s=init["round_max_s"], **common)
     emit("rollout_one_step_promote_s", one, "s",
-         reference="one idle fleet round + poll interval (median fleet.tick() with nothing to change + --poll)",
-         reference_value=period, goal=GOAL, meets_goal=None, rounds=ref["rounds"],
+         reference="one idle fleet round + --poll (median fleet.tick() with nothing to change, plus the sleep)",
+         reference_value=period, goal=GOAL, meets_goal=None, detected_s=ref["detected_s"], rounds=ref["rounds"],
          round_median_s=ref["round_median_s"], round_max_s=ref["round_max_s"], **common)
     stages = f"{'/'.join(map(str, PERCENTS))} % bake {args.bake:g}s"
     emit("rollout_4stage_complete_s", good["complete_s"], "s", reference=one_ref, reference_value=one,
          goal=GOAL, meets_goal=None, stages=stages, stage_sizes=good["stage_sizes"], stage_s=good["stage_s"],
-         pending_to_canary_s=good["pending_to_canary_s"], complete_s_from_events=good["complete_s_from_events"],
-         bake_total_s=args.bake * len(PERCENTS), gates=GATES, champion_after=good["champion_after"], **common)
+         stage_passed=good["stage_passed"], on_candidate_at_complete=good["on_candidate_at_complete"],
+         pending_to_canary_s=good["pending_to_canary_s"], bake_total_s=args.bake * len(PERCENTS), gates=GATES,
+         attempts=good["attempts"], halted_attempts=good["halts"], champion_after=good["champion_after"], **common)
     emit("rollout_4stage_converged_s", good["converged_s"], "s", reference=one_ref, reference_value=one,
          goal=GOAL, meets_goal=None, stages=stages, after_complete_s=good["converged_s"] - good["complete_s"],
-         rounds=good["rounds"], round_median_s=good["round_median_s"], round_max_s=good["round_max_s"], **common)
+         detected_s=good["detected_s"], rounds=good["rounds"], round_median_s=good["round_median_s"],
+         round_max_s=good["round_max_s"], attempts=good["attempts"], **common)
     for kind, b in bad.items():
         extra = {"candidate": kind, "stages": f"{'/'.join(map(str, PERCENTS))} % bake {BAD_BAKE_S:g}s",
                  "halted_stage": b["halted_stage"], "halt_reason": b["halt_reason"],
-                 "canary_devices": b["canary_devices"], "peak_on_candidate": b["peak_on_candidate"],
+                 "canary_devices": b["canary_devices"], "devices_took_candidate": b["devices_took_candidate"],
                  "on_candidate_at_halt": b["on_candidate_at_halt"],
                  "device_failure_reasons": b["device_failure_reasons"], "champion_after": b["champion_after"]}
-        emit(f"rollout_gate_to_halt_s[{kind}]", b["halt_s"], "s", reference=one_ref, reference_value=one,
+        emit(f"rollout_start_to_halt_s[{kind}]", b["halt_s"], "s", reference=one_ref, reference_value=one,
              goal=GOAL, meets_goal=None, **extra, **common)
         emit(f"rollout_halt_to_all_on_champion_s[{kind}]", b["back_s"], "s", reference=one_ref, reference_value=one,
              goal=GOAL, meets_goal=None, rolled_back_event_after_halt_s=b["rolled_back_event_s"],
-             halt_observed_lag_s=b["halt_observed_lag_s"], rounds=b["rounds"], round_median_s=b["round_median_s"],
-             **extra, **common)
+             detected_s=b["detected_s"], halt_observed_lag_s=b["halt_observed_lag_s"], rounds=b["rounds"],
+             round_median_s=b["round_median_s"], **extra, **common)
     emit("fleet_idle_round_s", idle["tick_s"], "s", reference="--poll (the sleep between rounds)",
          reference_value=args.poll, goal=GOAL, meets_goal=None, all_s=[round(x, 4) for x in idle["tick_all_s"]],
          per_device_ms=idle["tick_s"] / n * 1e3, **common)
     emit("fleet_exchange_only_s", idle["exchange_s"], "s",
-         reference="fleet_idle_round_s (the same round with each device's inference batch)",
+         reference="fleet_idle_round_s (the same round plus each device's inference batch)",
          reference_value=idle["tick_s"], goal=GOAL, meets_goal=None,
          all_s=[round(x, 4) for x in idle["exchange_all_s"]], per_device_ms=idle["exchange_s"] / n * 1e3, **common)
     emit("rollout_status_http_ms", idle["get_status_ms"], "ms",
          reference="Rollouts.status() called in-process (no HTTP)", reference_value=idle["status_direct_ms"],
-         goal=GOAL, meets_goal=None, fleet_versions_sample_ms=idle["versions_sample_ms"], **common)
+         goal=GOAL, meets_goal=None, **common)
 
 
 if __name__ == "__main__":

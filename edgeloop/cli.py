@@ -288,7 +288,7 @@ def telemetry_query(
     channel: Optional[str] = typer.Option(None, "--channel"),
     since: Optional[str] = typer.Option(None, "--since", help="A duration back from now (10m) or an ISO time."),
     limit: int = typer.Option(100, "--limit", min=1),
-    kind: str = typer.Option("telemetry", "--kind", help="telemetry, health or alert"),
+    kind: str = typer.Option("telemetry", "--kind", help="telemetry, prediction, health or alert"),
     hub: str = HubOpt,
     as_json: bool = JsonOpt,
 ) -> None:

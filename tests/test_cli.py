@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import pytest
+import typer
+import typer.main
 from typer.testing import CliRunner
 
 from edgeloop.cli import app
 
-COMMANDS = [
-    [], ["demo"], ["agent"], ["agent", "run"], ["agent", "config"], ["agent", "config", "check"],
-    ["hub"], ["hub", "serve"], ["sim"], ["sim", "run"], ["devices"], ["devices", "list"],
-    ["devices", "show"], ["telemetry"], ["telemetry", "query"],
-]
+
+def _walk(group, prefix: list[str]) -> list[list[str]]:
+    out = [prefix]
+    for name, sub in getattr(group, "commands", {}).items():
+        out += _walk(sub, [*prefix, name])
+    return out
+
+
+# Every command the CLI has, found by walking it: a new command cannot miss this test.
+COMMANDS = _walk(typer.main.get_command(app), [])
+assert {"models", "keys", "rollouts", "twin", "telemetry"} <= {c[0] for c in COMMANDS if c}
+assert ["rollouts", "start"] in COMMANDS and ["models", "promote"] in COMMANDS
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "edgeloop")

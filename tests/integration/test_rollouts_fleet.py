@@ -174,3 +174,27 @@ async def test_hub_restart_mid_rollout_resumes_where_it_was(tmp_path: Path) -> N
                 assert [e["to"] for e in final["events"]][-2:] == ["halted", "rolled_back"]
                 await _all_on(fleet, "1.0.0")
         await fleet.close()
+
+
+@pytest.mark.parametrize(("kind", "agreeing"), [("good", True), ("divergent", False)])
+async def test_challenger_runs_in_shadow_and_its_agreement_reaches_the_hub(rig, kind: str, agreeing: bool) -> None:
+    hub, fleet, _, tmp = rig
+    async with _ticking(fleet):
+        await _all_on(fleet, "1.0.0")
+        version = f"1.1.0-{kind}"
+        _register(hub, build_candidate(tmp / kind, kind, version=version), version)
+        hub.registry.promote(MODEL, version, alias="challenger")
+
+        def shadows() -> list:
+            return [r["reported"].get("shadow") for r in hub.twins.list()]
+
+        await await_until(lambda: all(s and s["version"] == version and s["windows"] >= 16 for s in shadows()),
+                          timeout=60, what="every device to report shadow figures for the challenger")
+        windows = sum(s["windows"] for s in shadows())
+        agreement = sum(s["agreed"] for s in shadows()) / windows
+        # The good challenger is v1's graph: it agrees on every window. The divergent one calls
+        # nearly everything a sensor fault, so it agrees only where the champion says so too.
+        assert agreement == 1.0 if agreeing else agreement < 0.6, agreement
+        # Shadow mode never acts: every device still serves the champion.
+        assert fleet.versions() == {"1.0.0": DEVICES}
+        assert {d.manager.reported().inference.version for d in fleet.devices} == {"1.0.0"}
