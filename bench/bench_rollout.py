@@ -11,8 +11,10 @@ free port, twin answers asking devices to poll every `--poll`), v1's `model.fp32
 registered, signed and promoted as champion "1.0.0", and a `simulators.model_fleet.ModelFleet`
 of `--devices` virtual devices, each running the agent's real ModelManager (twin exchange over
 HTTP, download, signature + sha256 checks, two slots on disk, onnxruntime self-test, switch,
-rollback) and a real InferencePipeline fed labelled windows. All devices share one
-httpx.AsyncClient whose pool holds a connection per device. The fleet runs ModelFleet.run's
+rollback) and a real InferencePipeline fed labelled windows. Each device has its own
+httpx.AsyncClient, as real devices do (`--shared-client` puts them all on one pool of `--pool`
+connections instead: httpcore's pool bookkeeping is O(connections) per request, which made a
+200-device round ~2x slower in the first runs of this bench). The fleet runs ModelFleet.run's
 loop (one round of every online device - infer a batch, exchange, reconcile - then a sleep of
 `--poll`), with a stopwatch on each round. Everything - hub, HTTP API, controller, devices and
 their onnxruntime sessions - shares this process, its GIL and the machine's cores.
@@ -24,7 +26,7 @@ When a device switched model is stamped from its ModelManager's `changed` event 
 switch and rollback; this bench clears it and reads that device's active slot); every "all on X"
 is then confirmed with fleet.versions(), which reads every device's slots from disk. Sampling
 fleet.versions() itself in a tight loop is not done: it costs ~0.5 ms a device on this event
-loop (see `fleet_versions_sample_ms`), which would slow down the fleet being timed.
+loop (see `fleet_versions_ms`), which would slow down the fleet being timed.
 
 Figures, each beside a reference measured in the same run:
 
@@ -37,8 +39,13 @@ Figures, each beside a reference measured in the same run:
                          start -> `halted` event; halted -> last device back on the champion,
                          and halted -> `rolled_back` event                  ref: one-step promote
   idle round             one fleet.tick() with nothing to change (median of 5)   ref: --poll
-  exchange only          every device's ModelManager.round() alone (median of 5)  ref: idle round
+  exchange only          every device's ModelManager.round() alone (median of 3)  ref: idle round
+  controller tick        Rollouts.tick() in a thread, as the controller runs it (median of 5),
+                         with the bench's ended rollouts still watched (deadline_s 120)
+                                                                ref: the controller's 100 ms period
   GET /v1/rollouts/{id}  over HTTP (median of 20)      ref: Rollouts.status() in-process
+
+The last four are measured at the end, with the fleet's ticker stopped.
 
 The issue sets no numeric goal: every figure's goal is "report" and meets_goal is null.
 """
@@ -239,8 +246,11 @@ class Switches:
 class Rig:
     def __init__(self, hub: Hub, fleet: ModelFleet, ticker: Ticker, switches: Switches, tmp: Path, poll_s: float):
         self.hub, self.fleet, self.ticker, self.switches, self.tmp, self.poll_s = hub, fleet, ticker, switches, tmp, poll_s
-        self.n = len(fleet.devices)
         self.confirm_s: list[float] = []  # what each fleet.versions() confirmation cost
+
+    @property
+    def n(self) -> int:
+        return len(self.fleet.devices)
 
     async def until(self, predicate: Callable[[], bool], what: str, *, timeout: float = TIMEOUT_S,
                     each: Callable[[], None] | None = None) -> tuple[float, float]:
@@ -389,7 +399,7 @@ async def idle_costs(rig: Rig, client: httpx.AsyncClient, rid: str) -> dict:
         await fleet.tick()
         tick.append(time.perf_counter() - t)
     exch = []
-    for _ in range(5):
+    for _ in range(3):
         t = time.perf_counter()
         await asyncio.gather(*(d.manager.round() for d in fleet.devices))
         exch.append(time.perf_counter() - t)
@@ -408,9 +418,17 @@ async def idle_costs(rig: Rig, client: httpx.AsyncClient, rid: str) -> dict:
         t = time.perf_counter()
         fleet.versions()
         versions.append(time.perf_counter() - t)
+    ctl = []
+    for _ in range(5):
+        t = time.perf_counter()
+        await asyncio.to_thread(hub.rollouts.tick, hub.twins)
+        ctl.append(time.perf_counter() - t)
+    watched = sum(1 for r in hub.rollouts.list() if r["state"] in ("complete", "rolled_back", "halted"))
     return {"tick_s": statistics.median(tick), "tick_all_s": tick, "exchange_s": statistics.median(exch),
             "exchange_all_s": exch, "get_status_ms": statistics.median(http) * 1e3,
-            "status_direct_ms": statistics.median(direct) * 1e3, "versions_ms": statistics.median(versions) * 1e3}
+            "status_direct_ms": statistics.median(direct) * 1e3, "versions_ms": statistics.median(versions) * 1e3,
+            "controller_tick_ms": statistics.median(ctl) * 1e3, "controller_all_ms": [x * 1e3 for x in ctl],
+            "ended_rollouts_watched": watched}
 
 
 def machine() -> str:
@@ -426,6 +444,9 @@ async def main() -> None:
     p.add_argument("--poll", type=float, default=0.5, help="seconds between fleet rounds (and the hub's poll interval)")
     p.add_argument("--bake", type=float, default=1.0, help="bake seconds of each stage of the good rollout")
     p.add_argument("--quick", action="store_true", help="50 devices")
+    p.add_argument("--shared-client", action="store_true", help="one httpx pool for every device")
+    p.add_argument("--pool", type=int, default=None,
+                   help="connections in the shared httpx pool (default: devices + 10, so no request queues)")
     p.add_argument("--dir", type=Path, default=None, help="where stores go (default: a temp dir)")
     args = p.parse_args()
     n = 50 if args.quick else args.devices
@@ -437,7 +458,8 @@ async def main() -> None:
         async with running_hub(hub_config(tmp / "hub", poll_s=args.poll)) as hub:
             key = hub.registry.keys.export_public(tmp / "fleet-key.pem")
             register(hub, V1, "1.0.0", champion=True)
-            limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
+            pool = args.pool or n + 10
+            limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
             async with httpx.AsyncClient(limits=limits, timeout=30) as client:
                 fleet = ModelFleet(tmp / "devices", hub_url=hub.state.api_url, trusted_keys=(key,), size=n,
                                    poll_interval_s=args.poll)
@@ -446,7 +468,7 @@ async def main() -> None:
                 rig = Rig(hub, fleet, ticker, switches, tmp, args.poll)
                 try:
                     t = time.perf_counter()
-                    await fleet.start(client)
+                    await fleet.start(client if args.shared_client else None)
                     fleet_start_s = time.perf_counter() - t
                     switches.start()
                     note(f"{n} devices started in {fleet_start_s:.1f}s; hub at {hub.state.api_url}")
@@ -467,7 +489,8 @@ async def main() -> None:
                     await ticker.stop()
                     idle = await idle_costs(rig, client, good["id"])
                     note(f"idle round {idle['tick_s']:.3f}s, exchanges alone {idle['exchange_s']:.3f}s, "
-                         f"GET status {idle['get_status_ms']:.1f}ms, fleet.versions() {idle['versions_ms']:.1f}ms")
+                         f"GET status {idle['get_status_ms']:.1f}ms, fleet.versions() {idle['versions_ms']:.1f}ms, "
+                         f"controller tick {idle['controller_tick_ms']:.1f}ms")
                 finally:
                     with contextlib.suppress(Exception):
                         await ticker.stop()
@@ -477,7 +500,7 @@ async def main() -> None:
     total_s = time.perf_counter() - started
     note(f"total {total_s:.1f}s")
 
-    common = {"devices": n, "poll_s": args.poll, "controller_tick_s": 0.1, "device_round_errors": errors,
+    common = {"devices": n, "poll_s": args.poll, "controller_tick_s": 0.1, "http_pool": pool if args.shared_client else "one client per device", "device_round_errors": errors,
               "fleet_versions_ms": idle["versions_ms"], "bench_total_s": total_s, "machine": machine()}
     one = ref["seconds"]
     one_ref = "one_step_promote_s (registry.promote of 1.1.0, no rollout: until every device runs it)"
@@ -518,6 +541,10 @@ async def main() -> None:
          reference="fleet_idle_round_s (the same round plus each device's inference batch)",
          reference_value=idle["tick_s"], goal=GOAL, meets_goal=None,
          all_s=[round(x, 4) for x in idle["exchange_all_s"]], per_device_ms=idle["exchange_s"] / n * 1e3, **common)
+    emit("rollout_controller_tick_ms", idle["controller_tick_ms"], "ms",
+         reference="the controller's tick period (control.tick)", reference_value=100.0, goal=GOAL, meets_goal=None,
+         all_ms=[round(x, 2) for x in idle["controller_all_ms"]],
+         ended_rollouts_watched=idle["ended_rollouts_watched"], **common)
     emit("rollout_status_http_ms", idle["get_status_ms"], "ms",
          reference="Rollouts.status() called in-process (no HTTP)", reference_value=idle["status_direct_ms"],
          goal=GOAL, meets_goal=None, **common)

@@ -7,7 +7,7 @@ honest about them, so each passes everything the hub checks before a rollout.
 
     good       v1's fp32 graph unchanged under a new version
     broken     bytes that are not an ONNX model: the device's self-test cannot load it
-    slow       v1's outputs exactly, plus an input-dependent chain of `slow_matmuls` 256x256 MatMuls
+    slow       v1's outputs exactly, plus an input-dependent chain of `slow_matmuls` 512x512 MatMuls
                whose result is multiplied by 0 and added to the logits: same answers, far slower
     divergent  v1 with the sensor_fault logit raised by `divergent_bias`: it passes its own
                self-test (the expected outputs are its own) but calls nearly everything a fault
@@ -94,7 +94,7 @@ def _add_slow_branch(model, matmuls: int) -> None:
     from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    width = 256
+    width = 512
     g = model.graph
     g.initializer.extend([
         numpy_helper.from_array((rng.standard_normal((14, width)) / 4).astype(np.float32), "slow_in"),

@@ -72,7 +72,10 @@ class ModelFleet:
     gate: GateConfig = field(default_factory=GateConfig)
     devices: list[VirtualDevice] = field(default_factory=list)
 
-    async def start(self, client: httpx.AsyncClient) -> None:
+    async def start(self, client: httpx.AsyncClient | None = None) -> None:
+        """Make the devices and serve what their slots hold. With `client` None each device has its
+        own HTTP client, as real devices do (one shared pool of hundreds of connections costs
+        httpcore O(connections) per request: bench/bench_rollout.py measured it)."""
         windows = fleet_windows(self.seed)
         rng = np.random.default_rng(self.seed)
         for i in range(self.size):

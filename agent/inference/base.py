@@ -112,6 +112,10 @@ class Backend(Protocol):
     def predict(self, features: np.ndarray) -> np.ndarray:
         """float32 [n, k] windows -> float32 [n, classes] probabilities; raises PredictError."""
 
+    def warm_up(self, features: np.ndarray) -> None:
+        """Predict once without recording the latency: runtimes initialise lazily on the first run
+        (measured: 2-20x a warm call), and a rollout gate must not judge a model by that one call."""
+
     def describe(self) -> dict[str, Any]:
         """backend, runtime version, provider/delegate actually used, `fallback` reason or None."""
 

@@ -202,6 +202,10 @@ class LiteRTBackend:
     def latency(self) -> dict[str, Any]:
         return self._latency.stats()
 
+    def warm_up(self, features: np.ndarray) -> None:
+        self.predict(features)
+        self._latency = LatencyRing()
+
     def close(self) -> None:
         with self._lock:
             self._interpreters.clear()

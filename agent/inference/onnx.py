@@ -111,6 +111,10 @@ class OnnxBackend:
     def latency(self) -> dict[str, Any]:
         return self._latency.stats()
 
+    def warm_up(self, features: np.ndarray) -> None:
+        self.predict(features)
+        self._latency = LatencyRing()
+
     def close(self) -> None:
         self._session = None
 

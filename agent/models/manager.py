@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from protocol import Manifest, VerificationError
 from protocol.features import FeatureSpec
@@ -271,7 +272,7 @@ class ModelManager:
     async def _serve(self, m: Manifest, model_path: Path, *, spec: FeatureSpec | None = None) -> None:
         spec = spec or await asyncio.to_thread(_load_spec, self.root, m)
         backend = make_backend(self.settings, m)
-        await asyncio.to_thread(backend.load, model_path, m)
+        await asyncio.to_thread(_load_warm, backend, model_path, m)
         old = self.pipeline.set_champion(backend, m, spec)
         if old is not None:
             old.close()
@@ -343,7 +344,7 @@ class ModelManager:
             for a in m.artifacts:
                 await asyncio.to_thread(verify_artifact, folder / a.name, a)
             backend = make_backend(self.settings, m)
-            await asyncio.to_thread(backend.load, folder / m.runtime.model, m)
+            await asyncio.to_thread(_load_warm, backend, folder / m.runtime.model, m)
             old = self.pipeline.set_shadow(backend, m)
         except (VerificationError, DownloadError, InferenceError, ModelError, ValueError, OSError) as exc:
             self._refuse(m, _reason(exc), f"shadow: {exc}")
@@ -395,6 +396,11 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, InferenceError):
         return "load_failed"
     return "install_failed"
+
+
+def _load_warm(backend: Any, path: Path, m: Manifest) -> None:
+    backend.load(path, m)
+    backend.warm_up(np.array([s.inputs for s in m.self_test.samples], dtype=np.float32))
 
 
 def _ref(info: Any) -> ModelRef | None:

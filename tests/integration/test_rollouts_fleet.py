@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-import httpx
 import pytest
 
 from hub.rollouts import RolloutPlan
@@ -31,7 +30,7 @@ DEVICES = 50
 FAST_STAGES = [{"percent": 10, "bake_s": 0.3}, {"percent": 25, "bake_s": 0.3},
                {"percent": 50, "bake_s": 0.3}, {"percent": 100, "bake_s": 0.3}]
 GATES = {"min_reporting": 2, "min_windows": 8, "max_failures": 0, "max_error_rate": 0.05,
-         "max_p95_ratio": 8.0, "max_divergence": 0.35}
+         "max_p95_ratio": 10.0, "max_divergence": 0.35}
 
 
 def _plan(version: str, *, stages=FAST_STAGES, **extra) -> RolloutPlan:
@@ -76,13 +75,12 @@ async def rig(tmp_path: Path):
     async with running_hub(cfg) as hub:
         key = hub.registry.keys.export_public(tmp_path / "fleet-key.pem")
         _register(hub, V1, "1.0.0", champion=True)
-        async with httpx.AsyncClient() as client:
-            fleet = ModelFleet(tmp_path / "devices", hub_url=hub.state.api_url, trusted_keys=(key,), size=DEVICES)
-            await fleet.start(client)
-            try:
-                yield hub, fleet, cfg, tmp_path
-            finally:
-                await fleet.close()
+        fleet = ModelFleet(tmp_path / "devices", hub_url=hub.state.api_url, trusted_keys=(key,), size=DEVICES)
+        await fleet.start()  # each device with its own HTTP client, as in the field
+        try:
+            yield hub, fleet, cfg, tmp_path
+        finally:
+            await fleet.close()
 
 
 async def test_good_model_reaches_everyone_and_offline_devices_converge_on_return(rig) -> None:
@@ -140,40 +138,39 @@ async def test_hub_restart_mid_rollout_resumes_where_it_was(tmp_path: Path) -> N
     cfg = hub_config(tmp_path / "hub", api=True, api_port=free_port(),
                      control={"poll_interval": "200ms", "tick": "100ms"})
     stages = [{"percent": 10, "bake_s": 0.3}, {"percent": 50, "bake_s": 3600}, {"percent": 100, "bake_s": 0.3}]
-    async with httpx.AsyncClient() as client:
-        async with running_hub(cfg) as hub:
-            key = hub.registry.keys.export_public(tmp_path / "fleet-key.pem")
-            _register(hub, V1, "1.0.0", champion=True)
-            fleet = ModelFleet(tmp_path / "devices", hub_url=hub.state.api_url, trusted_keys=(key,), size=DEVICES)
-            await fleet.start(client)
-            async with _ticking(fleet):
-                await _all_on(fleet, "1.0.0")
-                _register(hub, build_candidate(tmp_path / "good", "good", version="1.1.0"), "1.1.0")
-                rid = hub.rollouts.start(_plan("1.1.0", stages=stages))["id"]
-                await await_until(lambda: hub.rollouts.status(rid, events=False)["stage"] == 1, timeout=60,
-                                  what="the rollout to reach its second stage")
-                await await_until(lambda: fleet.versions().get("1.1.0") == DEVICES // 2, timeout=60,
-                                  what="half the fleet on the candidate")
-            before = hub.rollouts.status(rid)
-        # The hub is down; devices keep asking (and failing) while it is.
+    async with running_hub(cfg) as hub:
+        key = hub.registry.keys.export_public(tmp_path / "fleet-key.pem")
+        _register(hub, V1, "1.0.0", champion=True)
+        fleet = ModelFleet(tmp_path / "devices", hub_url=hub.state.api_url, trusted_keys=(key,), size=DEVICES)
+        await fleet.start()
         async with _ticking(fleet):
-            await await_until(lambda: all(d.manager.twin.failures for d in fleet.devices), timeout=30,
-                              what="every device to notice the hub is gone")
-            async with running_hub(cfg) as hub2:
-                after = hub2.rollouts.status(rid)
-                assert (after["state"], after["stage"]) == (before["state"], before["stage"]) == ("stage", 1)
-                assert after["events"] == before["events"]  # nothing replayed, nothing lost
-                # Devices kept what they had, and the next exchanges agree with the resumed state.
-                exchanges = {d.name: d.manager.twin.exchanges for d in fleet.devices}
-                await await_until(lambda: all(d.manager.twin.exchanges > exchanges[d.name] for d in fleet.devices),
-                                  timeout=30, what="every device to exchange with the restarted hub")
-                assert fleet.versions() == {"1.1.0": DEVICES // 2, "1.0.0": DEVICES - DEVICES // 2}
-                # And the resumed controller still acts: an abort sends everyone back.
-                hub2.rollouts.abort(rid, "drill: abort after the restart")
-                final = await _state(hub2, rid, "rolled_back")
-                assert [e["to"] for e in final["events"]][-2:] == ["halted", "rolled_back"]
-                await _all_on(fleet, "1.0.0")
-        await fleet.close()
+            await _all_on(fleet, "1.0.0")
+            _register(hub, build_candidate(tmp_path / "good", "good", version="1.1.0"), "1.1.0")
+            rid = hub.rollouts.start(_plan("1.1.0", stages=stages))["id"]
+            await await_until(lambda: hub.rollouts.status(rid, events=False)["stage"] == 1, timeout=60,
+                              what="the rollout to reach its second stage")
+            await await_until(lambda: fleet.versions().get("1.1.0") == DEVICES // 2, timeout=60,
+                              what="half the fleet on the candidate")
+        before = hub.rollouts.status(rid)
+    # The hub is down; devices keep asking (and failing) while it is.
+    async with _ticking(fleet):
+        await await_until(lambda: all(d.manager.twin.failures for d in fleet.devices), timeout=30,
+                          what="every device to notice the hub is gone")
+        async with running_hub(cfg) as hub2:
+            after = hub2.rollouts.status(rid)
+            assert (after["state"], after["stage"]) == (before["state"], before["stage"]) == ("stage", 1)
+            assert after["events"] == before["events"]  # nothing replayed, nothing lost
+            # Devices kept what they had, and the next exchanges agree with the resumed state.
+            exchanges = {d.name: d.manager.twin.exchanges for d in fleet.devices}
+            await await_until(lambda: all(d.manager.twin.exchanges > exchanges[d.name] for d in fleet.devices),
+                              timeout=30, what="every device to exchange with the restarted hub")
+            assert fleet.versions() == {"1.1.0": DEVICES // 2, "1.0.0": DEVICES - DEVICES // 2}
+            # And the resumed controller still acts: an abort sends everyone back.
+            hub2.rollouts.abort(rid, "drill: abort after the restart")
+            final = await _state(hub2, rid, "rolled_back")
+            assert [e["to"] for e in final["events"]][-2:] == ["halted", "rolled_back"]
+            await _all_on(fleet, "1.0.0")
+    await fleet.close()
 
 
 @pytest.mark.parametrize(("kind", "agreeing"), [("good", True), ("divergent", False)])
