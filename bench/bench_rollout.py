@@ -62,10 +62,11 @@ import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from figures import emit, note
+from rig import serving
 
 import httpx
 
@@ -99,33 +100,6 @@ def hub_config(data_dir: Path, *, poll_s: float) -> HubConfig:
     })
 
 
-@contextlib.asynccontextmanager
-async def running_hub(config: HubConfig, ready_timeout: float = 30.0) -> AsyncIterator[Hub]:
-    """A Hub in this loop, ready (API listening) when yielded; stopped after, its nats-server killed if it lingers."""
-    hub = Hub(config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(hub.run(stop), name="bench-hub")
-    ready = asyncio.create_task(hub.state.ready.wait())
-    try:
-        done, _ = await asyncio.wait({task, ready}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            await task
-            raise RuntimeError("The hub stopped before it was ready.")
-        if ready not in done:
-            raise TimeoutError(f"The hub was not ready within {ready_timeout}s.")
-        yield hub
-    finally:
-        ready.cancel()
-        stop.set()
-        try:
-            await asyncio.wait_for(task, timeout=30)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        finally:
-            if hub.broker is not None and hub.broker.running:
-                hub.broker.kill()
 
 
 def register(hub: Hub, recipe: Path, version: str, *, champion: bool = False) -> None:
@@ -455,7 +429,7 @@ async def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-rollout-") as tmp_name:
         tmp = Path(tmp_name)
-        async with running_hub(hub_config(tmp / "hub", poll_s=args.poll)) as hub:
+        async with serving(hub_config(tmp / "hub", poll_s=args.poll)) as hub:
             key = hub.registry.keys.export_public(tmp / "fleet-key.pem")
             register(hub, V1, "1.0.0", champion=True)
             pool = args.pool or n + 10

@@ -45,7 +45,14 @@ def hub_config(data_dir: Path, *, workers: int = 1) -> HubConfig:
 @contextlib.asynccontextmanager
 async def running_hub(data_dir: Path, *, workers: int = 1, ready_timeout: float = 30.0) -> AsyncIterator[Hub]:
     """A Hub (embedded nats-server, ingest workers, lake) running in this loop until the block ends."""
-    hub = Hub(hub_config(data_dir, workers=workers))
+    async with serving(hub_config(data_dir, workers=workers), ready_timeout=ready_timeout) as hub:
+        yield hub
+
+
+@contextlib.asynccontextmanager
+async def serving(config: HubConfig, *, ready_timeout: float = 30.0) -> AsyncIterator[Hub]:
+    """A Hub of this config in this loop, ready when yielded; stopped after, its nats-server killed if it lingers."""
+    hub = Hub(config)
     stop = asyncio.Event()
     task = asyncio.create_task(hub.run(stop), name="bench-hub")
     ready = asyncio.create_task(hub.state.ready.wait())

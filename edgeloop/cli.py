@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from .httpclient import DEFAULT_HUB, get
+from .tables import print_rows
 from .models_cli import keys_app, models_app
 from .rollouts_cli import rollouts_app, twin_app
 
@@ -214,18 +215,6 @@ def sim_run(
 
 
 # --- devices / telemetry ------------------------------------------------------------------
-def _print_rows(rows: list[dict], columns: list[str], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=title)
-    for c in columns:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
-    Console().print(t)
-
-
 def _when(us: int | None) -> str | None:
     return None if us is None else datetime.fromtimestamp(us / 1e6, tz=timezone.utc).isoformat(timespec="seconds")
 
@@ -239,7 +228,7 @@ def devices_list(tenant: Optional[str] = typer.Option(None, "--tenant"), hub: st
         return
     for r in rows:
         r["last_seen"] = _when(r["last_seen_us"])
-    _print_rows(rows, ["tenant", "device", "profile", "last_seen", "readings", "batches", "duplicates",
+    print_rows(rows, ["tenant", "device", "profile", "last_seen", "readings", "batches", "duplicates",
                        "missing_batches"], f"{len(rows)} device(s)")
 
 
@@ -256,7 +245,7 @@ def devices_show(device: str = typer.Argument(..., help="TENANT/DEVICE"), hub: s
         return
     typer.echo(f"{tenant}/{dev}  profile={d['profile']}  first seen {_when(d['first_seen_us'])}  "
                f"last seen {_when(d['last_seen_us'])}")
-    _print_rows(d["ledger"], ["epoch", "hwm", "batches", "readings", "late_fills", "duplicates",
+    print_rows(d["ledger"], ["epoch", "hwm", "batches", "readings", "late_fills", "duplicates",
                               "missing_batches", "gaps"], "loss ledger")
     drops = d.get("device_drops") or {}
     typer.echo("device's own drop counters: " + (", ".join(f"{k}={int(v)}" for k, v in sorted(drops.items())) or "none"))
@@ -302,7 +291,7 @@ def telemetry_query(
         return
     for r in rows:
         r["time"] = datetime.fromtimestamp(r["ts_us"] / 1e6, tz=timezone.utc).isoformat(timespec="milliseconds")
-    _print_rows(rows, ["tenant", "device", "channel", "time", "value"], f"{len(rows)} reading(s)")
+    print_rows(rows, ["tenant", "device", "channel", "time", "value"], f"{len(rows)} reading(s)")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from urllib.parse import quote
 import typer
 
 from .httpclient import DEFAULT_HUB, get, post, put
+from .tables import print_rows
 
 models_app = typer.Typer(help="Model versions in the hub's registry: register, sign, promote.", no_args_is_help=True)
 keys_app = typer.Typer(help="The hub's model-signing keys (public halves only).", no_args_is_help=True)
@@ -25,18 +26,6 @@ RECIPE_FILE = "manifest.json"
 
 def _path(*segments: str) -> str:
     return "/v1/models/" + "/".join(quote(s, safe="") for s in segments)
-
-
-def _table(rows: list[dict], columns: list[str], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=title)
-    for c in columns:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
-    Console().print(t)
 
 
 def _print_version(v: dict) -> None:
@@ -51,7 +40,7 @@ def _print_version(v: dict) -> None:
     rows = [{**x, "runtime": f"{x['format']}:{x['quantization']}",
              "accuracy": ((meta.get("metrics") or {}).get(x["artifact"]) or {}).get("accuracy")}
             for x in v["variants"]]
-    _table(rows, ["artifact", "runtime", "bytes", "accuracy", "key_id"], f"{len(rows)} variant(s)")
+    print_rows(rows, ["artifact", "runtime", "bytes", "accuracy", "key_id"], f"{len(rows)} variant(s)")
     if v.get("aliases"):
         typer.echo("aliases: " + ", ".join(f"{a['alias']}@{a['cohort']}" for a in v["aliases"]))
 
@@ -70,7 +59,7 @@ def models_list(
         r["variants"] = ", ".join(r["variants"])
         r["key_ids"] = ", ".join(r["key_ids"])
         r["aliases"] = ", ".join(r["aliases"])
-    _table(rows, ["name", "version", "registered_at", "signed_at", "key_ids", "aliases", "variants"],
+    print_rows(rows, ["name", "version", "registered_at", "signed_at", "key_ids", "aliases", "variants"],
            f"{len(rows)} version(s)")
 
 
@@ -165,7 +154,7 @@ def keys_list(hub: str = HubOpt, as_json: bool = JsonOpt) -> None:
     if as_json:
         typer.echo(json.dumps(rows))
         return
-    _table([{**r, "active": "yes" if r["active"] else ""} for r in rows], ["key_id", "active", "created_at"],
+    print_rows([{**r, "active": "yes" if r["active"] else ""} for r in rows], ["key_id", "active", "created_at"],
            f"{len(rows)} key(s)")
 
 

@@ -15,6 +15,7 @@ from urllib.parse import quote
 import typer
 
 from .httpclient import DEFAULT_HUB, get, post, put
+from .tables import print_rows
 
 rollouts_app = typer.Typer(help="Staged rollouts of a model version, judged by health gates.", no_args_is_help=True)
 twin_app = typer.Typer(help="Device twins: what devices report, and what they are told to run.", no_args_is_help=True)
@@ -193,7 +194,7 @@ def rollouts_list(hub: str = HubOpt, as_json: bool = JsonOpt) -> None:
         typer.echo(json.dumps(rows))
         return
     # Narrow enough for 80 columns (the id names model and version); the rest is in --json and status.
-    _table([{**r, "stage": f"{r['stage']} ({r['stage_percent']:g}%)",
+    print_rows([{**r, "stage": f"{r['stage']} ({r['stage_percent']:g}%)",
              "converged": f"{r['converged']}/{r['devices']}"} for r in rows],
            ["id", "champion", "cohort", "state", "stage", "converged"], f"{len(rows)} rollout(s)")
 
@@ -226,18 +227,6 @@ def rollouts_abort(
 
 
 # --- twin -------------------------------------------------------------------------------------------------
-def _table(rows: list[dict], columns: list[str], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=title)
-    for c in columns:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
-    Console().print(t)
-
-
 def _ref(m: dict | None) -> str | None:
     return None if m is None else f"{m['name']} {m['version']}"
 
@@ -249,7 +238,7 @@ def twin_list(hub: str = HubOpt, as_json: bool = JsonOpt) -> None:
     if as_json:
         typer.echo(json.dumps(rows))
         return
-    _table([{"device": f"{r['tenant']}/{r['device']}", "tags": ",".join(f"{k}={v}" for k, v in sorted(r["tags"].items())),
+    print_rows([{"device": f"{r['tenant']}/{r['device']}", "tags": ",".join(f"{k}={v}" for k, v in sorted(r["tags"].items())),
              "runs": _ref(r["reported"].get("active")),
              "desired": None if r["desired"]["model"] is None else f"{r['desired']['model']} {r['desired']['version']}",
              "source": r["desired"]["source"], "rollout": r["desired"]["rollout"], "last_seen": _when(r["last_seen_us"])}
@@ -334,5 +323,5 @@ def twin_rules(hub: str = HubOpt, as_json: bool = JsonOpt) -> None:
     if as_json:
         typer.echo(json.dumps(rows))
         return
-    _table([{**r, "model": _ref(r["model"]), "set": _when(r["at_us"])} for r in rows],
+    print_rows([{**r, "model": _ref(r["model"]), "set": _when(r["at_us"])} for r in rows],
            ["scope", "tenant", "device", "cohort", "model", "config_version", "set"], f"{len(rows)} rule(s)")
