@@ -160,3 +160,44 @@ async def test_interrupted_download_resumes_and_installs(rig, monkeypatch) -> No
     await dev.round()
     assert dev.slots.active.manifest.version == "1.1.0" and await _serving(dev) == "1.1.0"
     await dev.close()
+
+
+async def test_device_health_gate_rolls_a_slow_model_back_by_itself(rig) -> None:
+    hub, client, key, tmp = rig
+    cfg = ModelsConfig(dir=tmp / "device", trusted_keys=(key,), hub_url=hub.state.api_url,
+                       gate={"windows": 12, "max_p95_ms": 2.0})
+    dev = ModelManager(cfg, InferenceConfig(), InferencePipeline(), tenant="t", device="d1", tags={}, client=client)
+    await _install_champion(dev)
+    hub.registry.register(build_candidate(tmp / "slow", "slow", version="1.1.0"), version="1.1.0")
+    hub.registry.sign(MODEL, "1.1.0")
+    hub.registry.promote(MODEL, "1.1.0")
+    await dev.round()
+    assert dev.slots.active.manifest.version == "1.1.0"  # installed: it loads and passes its self-test
+    for _ in range(2):  # its first 12 windows, ~13 ms a call for this drill model, against 2 ms allowed
+        assert await _serving(dev) == "1.1.0"
+    await dev.round()  # the gate is judged before the exchange
+    assert dev.slots.active.manifest.version == "1.0.0" and await _serving(dev) == "1.0.0"
+    failure = dev.reported().failure
+    assert (failure.reason, failure.version) == ("health_gate", "1.1.0"), failure
+    assert "p95" in failure.message
+    await dev.round()  # still desired by the hub, but refused for what it is: not installed again
+    assert dev.slots.active.manifest.version == "1.0.0"
+    assert _reported_to_hub(hub)["failure"]["reason"] == "health_gate"
+    await dev.close()
+
+
+async def test_active_model_that_no_longer_loads_at_boot_is_rolled_back_from(rig) -> None:
+    hub, client, key, tmp = rig
+    dev = _device(hub, client, tmp, key)
+    await _install_champion(dev)
+    await _new_candidate(hub, tmp, "1.1.0")
+    await dev.round()
+    assert dev.slots.active.manifest.version == "1.1.0"
+    path = dev.slots.active.model_path
+    await dev.close()
+    path.write_bytes(b"the SD card ate this file")  # what a device may find after a bad power cut
+    dev2 = _device(hub, client, tmp, key)
+    await dev2.start()
+    assert dev2.slots.active.manifest.version == "1.0.0" and await _serving(dev2) == "1.0.0"
+    assert dev2.reported().failure.reason == "load_failed"
+    await dev2.close()
