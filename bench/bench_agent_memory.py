@@ -37,6 +37,22 @@ MB = 1e6  # decimal megabytes: the goal says 60 MB
 # ssl, asyncio and sqlite3 are stdlib, listed because nats (ssl) and the buffer pull them in.
 MODULES = ("numpy", "zstandard", "nats", "pydantic", "aiomqtt", "psutil", "ssl", "asyncio", "sqlite3",
            "agent.daemon")
+# A device that runs models also holds httpx and cryptography (twin, verification) and a runtime
+# with the model loaded: each measured as a fresh interpreter that loads v1 and predicts once.
+_SERVE = ("import numpy as np, json\n"
+          "from pathlib import Path\n"
+          "import agent.daemon, agent.models.manager\n"
+          "from agent.inference import InferenceSettings, make_backend\n"
+          "from protocol import Manifest\n"
+          "from datetime import datetime, timezone\n"
+          "from models.condition.device_manifest import device_manifest\n"
+          "v1 = Path('models/condition/v1'); r = json.loads((v1 / 'manifest.json').read_text())\n"
+          "m = device_manifest(r, {artifact!r}, created_at=datetime.now(timezone.utc))\n"
+          "b = make_backend(InferenceSettings(), m); b.load(v1 / {artifact!r}, m)\n"
+          "b.predict(np.array([s.inputs for s in m.self_test.samples], dtype=np.float32))")
+SERVING = {"models (httpx, cryptography)": "import agent.daemon, agent.models.manager",
+           "onnxruntime, v1 int8 loaded": _SERVE.format(artifact="model.int8.onnx"),
+           "litert, v1 int8 loaded": _SERVE.format(artifact="model.int8.tflite")}
 
 
 def _vm_hwm(pid: int) -> int | None:
@@ -126,6 +142,12 @@ async def main() -> None:
          batches_in_stream=got["batches_sent"], input="simulated realtime, period 1s", uplink="nats")
     if args.no_imports:
         return
+    daemon = idle_process_rss("import agent.daemon")
+    for what, code in SERVING.items():
+        rss = idle_process_rss(code)
+        emit(f"agent_with_models_rss_mb[{what}]", rss / MB, "MB", reference="import agent.daemon (no models)",
+             reference_value=daemon / MB, goal="context: what models add on a device (the 60 MB goal is for "
+             "an agent without models)", meets_goal=None, added_mb=(rss - daemon) / MB)
     for module in MODULES:
         rss = idle_process_rss(f"import {module}")
         emit(f"import_rss_mb[{module}]", (rss - bare) / MB, "MB", reference="bare_python_rss_mb",
