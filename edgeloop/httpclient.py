@@ -11,6 +11,12 @@ import typer
 DEFAULT_HUB = os.environ.get("EDGELOOP_HUB", "http://127.0.0.1:8700")
 
 
+def _auth() -> dict[str, str]:
+    """The operator token (EDGELOOP_TOKEN) for hubs that require one on changes (`api.token`)."""
+    token = os.environ.get("EDGELOOP_TOKEN")
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
 def get(hub: str, path: str, **params: object) -> object:
     try:
         r = httpx.get(f"{hub.rstrip('/')}{path}", params={k: v for k, v in params.items() if v is not None}, timeout=30)
@@ -40,7 +46,8 @@ def put(hub: str, path: str, content: object, *, timeout: float = 300) -> object
 
 def _send(method: str, hub: str, path: str, *, timeout: float, **kwargs: object) -> object:
     try:
-        r = httpx.request(method, f"{hub.rstrip('/')}{path}", timeout=timeout, **kwargs)  # type: ignore[arg-type]
+        headers = {**_auth(), **kwargs.pop("headers", {})}  # type: ignore[dict-item]
+        r = httpx.request(method, f"{hub.rstrip('/')}{path}", timeout=timeout, headers=headers, **kwargs)  # type: ignore[arg-type]
     except httpx.HTTPError as exc:
         typer.echo(f"error: cannot reach the hub at {hub}: {exc}", err=True)
         raise typer.Exit(3) from None

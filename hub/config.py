@@ -69,6 +69,10 @@ class ApiConfig(_Model):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8700, ge=0, le=65535)
+    # Operators' bearer token for every change (register, sign, promote, keys, rollouts, twin
+    # rules). Unset: changes are open to whoever reaches the API, so keep it on 127.0.0.1.
+    # Devices' twin exchanges never need it (they are checked by what they report, not trusted).
+    token: str | None = Field(None, repr=False)
 
 
 class ControlConfig(_Model):

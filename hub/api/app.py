@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
+import re
 import sqlite3
 from contextlib import closing
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 
 from ..storage import metadata as meta
 from ..storage.lake import Lake
@@ -14,6 +17,8 @@ from ..storage.query import query_telemetry
 
 if TYPE_CHECKING:
     from ..service import Hub
+
+_DEVICE_EXCHANGE = re.compile(r"/v1/twin/[^/]+/[^/]+")
 
 
 def device_report(db: sqlite3.Connection, tenant: str, device: str) -> dict | None:
@@ -34,6 +39,21 @@ def device_report(db: sqlite3.Connection, tenant: str, device: str) -> dict | No
 
 def create_app(hub: "Hub") -> FastAPI:
     app = FastAPI(title="edgeloop hub", version="0.1.0")
+    token = hub.config.api.token
+    if token is not None:
+        expected = f"Bearer {token}".encode()
+
+        @app.middleware("http")
+        async def operators_only(request: Request, call_next):
+            # Changes need the operator token; reads and the devices' own twin exchange do not.
+            if request.method not in ("GET", "HEAD", "OPTIONS") and not _DEVICE_EXCHANGE.fullmatch(request.url.path):
+                given = request.headers.get("authorization", "").encode()
+                if not hmac.compare_digest(given, expected):
+                    return JSONResponse({"detail": "This change needs the operator token "
+                                                   "(Authorization: Bearer …; the CLI reads EDGELOOP_TOKEN)."},
+                                        status_code=401)
+            return await call_next(request)
+
     data_dir = hub.config.data_dir
     lake = Lake(data_dir / "lake")
 

@@ -1,0 +1,22 @@
+"""The feature store: versioned feature views, their registry, the offline store, point-in-time retrieval.
+
+    FeatureView       a named, owned FeatureSpec over a lake kind; version = spec.version
+    FeatureRegistry   views, version history, lineage and materialization runs, in control.db
+    materialize       lake → window_features per (tenant, device) → a Parquet snapshot per run
+    point_in_time     labels (tenant, device, ts) → features as of ts, by event or arrival time
+
+Features are `protocol.features.window_features`, the code the agent runs before inference.
+Errors are FeatureError subclasses (errors.py).
+"""
+
+from .definitions import ENTITY, FeatureView
+from .errors import FeatureConflictError, FeatureError, InvalidFeatureViewError, UnknownFeatureError
+from .offline import feature_schema, materialize, view_dir
+from .registry import FeatureRegistry, RegisteredView, RunFile, RunRecord
+from .retrieval import SEMANTICS, point_in_time
+
+__all__ = [
+    "ENTITY", "SEMANTICS", "FeatureConflictError", "FeatureError", "FeatureRegistry", "FeatureView",
+    "InvalidFeatureViewError", "RegisteredView", "RunFile", "RunRecord", "UnknownFeatureError",
+    "feature_schema", "materialize", "point_in_time", "view_dir",
+]
