@@ -141,7 +141,7 @@ def run_delta_proto(lake: DeltaLake, appends: list[list[Batch]], writer_id: str 
 
 
 def duck_count(con: duckdb.DuckDBPyConnection, source: str) -> tuple[int, int]:
-    return con.execute(f"SELECT count(*), count(DISTINCT (device, channel, ts)) FROM {source}").fetchone()
+    return con.execute(f"SELECT count(*), count(DISTINCT (device, seq, channel, ts)) FROM {source}").fetchone()
 
 
 QUERY = ("SELECT device, date, avg(value), max(value) FROM {src} WHERE channel = 'vib_x' "

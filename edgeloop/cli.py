@@ -108,11 +108,17 @@ def agent_config_check(file: Path = typer.Argument(..., help="The agent's TOML c
 
     try:
         cfg = load_config(file)
+        keys = {}
+        if cfg.models is not None:  # the trusted keys must exist and parse: a device without them installs nothing
+            from agent.models.slots import load_trusted_keys
+
+            keys = load_trusted_keys(cfg.models.trusted_keys)
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+    models = "" if cfg.models is None else f", models in {cfg.models.dir} trusting {len(keys)} key(s)"
     typer.echo(f"{file}: ok (device {cfg.device.tenant}/{cfg.device.id}, {len(cfg.inputs)} input(s), "
-               f"uplink {cfg.uplink.kind.value} {cfg.uplink.url}, buffer {cfg.buffer.path})")
+               f"uplink {cfg.uplink.kind.value} {cfg.uplink.url}, buffer {cfg.buffer.path}{models})")
 
 
 # --- hub ----------------------------------------------------------------------------------

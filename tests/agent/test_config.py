@@ -83,3 +83,27 @@ def test_cli_config_check_exit_codes(tmp_path):
     assert "uplink.kind" in no.stderr and "carrier-pigeon" in no.stderr and str(bad) in no.stderr
     missing = run(tmp_path / "nope.toml")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_models_section_paths_resolve_and_trusted_keys_are_checked(tmp_path):
+    from protocol import signing
+
+    key = tmp_path / "keys" / "fleet.pem"
+    key.parent.mkdir()
+    key.write_bytes(signing.public_key_to_pem(signing.generate_private_key().public_key()))
+    f = tmp_path / "agent.toml"
+    f.write_text(GOOD + '\n[models]\ndir = "models"\ntrusted_keys = ["keys/fleet.pem"]\nhub_url = "http://hub:8700/"\n'
+                 'formats = ["tflite:int8"]\n')
+    cfg = load_config(f)
+    assert cfg.models.dir == tmp_path / "models" and cfg.models.trusted_keys == (key,)
+    assert cfg.models.hub_url == "http://hub:8700"
+    run = lambda f: subprocess.run([sys.executable, "-m", "edgeloop", "agent", "config", "check", str(f)],
+                                   capture_output=True, text=True, timeout=60)
+    ok = run(f)
+    assert ok.returncode == 0 and "trusting 1 key(s)" in ok.stdout, ok.stderr
+    key.write_text("not a key")
+    bad = run(f)
+    assert bad.returncode == 2 and str(key) in bad.stderr
+    f.write_text(GOOD + '\n[models]\ntrusted_keys = ["k.pem"]\nformats = ["onnx:int4"]\n')
+    with pytest.raises(ConfigError, match="onnx:int4"):
+        load_config(f)
