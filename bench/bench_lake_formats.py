@@ -200,7 +200,8 @@ def concurrent(base: Path, tables: list[pa.Table]) -> dict:
         rows, distinct = duck_count(con, lake.duckdb_source())
     return {"seconds": elapsed, "rows": rows, "distinct": distinct, "errors": errors, "retries": retries,
             "retried_commits": retried, "commits": lake.version(),
-            "txn": [lake.committed_txn("w0"), lake.committed_txn("w1")], "expected_txn": [len(halves[0]) - 1, len(halves[1]) - 1]}
+            "txn": [lake.committed_txn("w0"), lake.committed_txn("w1")],
+            "expected_txn": [len(halves[0]) - 1, len(halves[1]) - 1]}
 
 
 def main() -> None:

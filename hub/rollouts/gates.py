@@ -148,11 +148,11 @@ def _judge(name: str, value: float | None, threshold: float, bound: Any, detail:
 
 
 def reporting_met(results: Sequence[GateResult]) -> bool:
-    return all(r.passed for r in results if r.name == "min_reporting")
+    return all(r.passed for r in results if r.name.startswith("min_reporting"))
 
 
 def halting(results: Sequence[GateResult]) -> list[GateResult]:
     """Gates that fail with enough data to act on: failures always, the rest once min_reporting holds."""
     enough = reporting_met(results)
-    return [r for r in results if r.passed is False and r.name != "min_reporting"
+    return [r for r in results if r.passed is False and not r.name.startswith("min_reporting")
             and (enough or r.name == "max_failures")]

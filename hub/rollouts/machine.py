@@ -282,6 +282,8 @@ class Rollouts:
                            assigned=[reports.get(k) for k in sorted(near)],
                            others=[reports.get(k) for k in sorted(keys - near)],
                            start=json.loads(row["baseline"] or "{}")) if state in RUNNING else None
+        if results is not None and plan.gates.min_reporting is not None:
+            results.append(stage_reporting(plan, row, devs, reports))
         moves = self._decide(row, plan, results, devs, reports, seen, now)
         row = self._row(rid) if moves else row
         old = json.loads(row["snapshot"] or "{}")
@@ -398,6 +400,19 @@ class Rollouts:
     def _event(self, rid: str, at: int, frm: str | None, to: str, stage: int, reason: str, details: dict) -> None:
         self._con.execute("INSERT INTO rollout_events (rollout_id, at_us, from_state, to_state, stage, reason, details)"
                           " VALUES (?, ?, ?, ?, ?, ?, ?)", (rid, at, frm, str(to), stage, reason, json.dumps(details)))
+
+
+def stage_reporting(plan: RolloutPlan, row: dict, devs: list[dict], reports: dict) -> GateResult:
+    """`min_reporting` over the stage's own new devices too: without it, a stage whose bake is
+    shorter than a device's poll passed on the earlier stages' evidence (bench/bench_rollout.py
+    saw stages pass with 11 of 50 devices on the candidate)."""
+    mine = [d for d in devs if d["stage"] == row["stage"]]
+    need = min(plan.gates.min_reporting, len(mine))
+    have = sum(progress.figures(reports.get((d["tenant"], d["device"])), row["model"], row["version"],
+                                plan.gates.min_windows) is not None for d in mine)
+    return GateResult("min_reporting_stage", have, need, have >= need,
+                      f"{have} of the {len(mine)} device(s) new in stage {row['stage']} report on {row['version']}; "
+                      f"{need} needed")
 
 
 def _dicts(results: list[GateResult] | None) -> list[dict]:

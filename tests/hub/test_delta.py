@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-pytest.importorskip("deltalake")
+import deltalake  # noqa: E402,F401  (the hub extra installs it; a missing one is a failure, not a skip)
 
 from hub.storage.delta import DeltaLake  # noqa: E402
 from hub.storage.lake import SCHEMA  # noqa: E402

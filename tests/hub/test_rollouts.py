@@ -145,9 +145,9 @@ def test_a_good_candidate_goes_through_four_stages_and_becomes_champion(world):
     assert world.registry.promotes[-1] == ("condition", CANDIDATE, "champion", "*")
     assert world.registry.alias_for("condition", "champion", {}) == CANDIDATE
     assert s["events"][-1]["details"]["promoted"]["version"] == CANDIDATE
-    assert {g["name"]: g["passed"] for g in s["gates"]} == {"min_reporting": True, "max_failures": True,
-                                                            "max_error_rate": True, "max_p95_ratio": True,
-                                                            "max_divergence": True}
+    assert {g["name"]: g["passed"] for g in s["gates"]} == {"min_reporting": True, "min_reporting_stage": True,
+                                                            "max_failures": True, "max_error_rate": True,
+                                                            "max_p95_ratio": True, "max_divergence": True}
     world.step()
     s = world.rollouts.status(rid)
     assert world.sim.on(CANDIDATE) == set(world.sim.devices) and s["converged"] == 50
@@ -432,3 +432,18 @@ def test_with_the_real_registry_sharing_control_db(tmp_path):
         twins.close()
         rollouts.close()
         registry.close()
+
+
+def test_a_stage_waits_for_its_own_new_devices_to_report(world):
+    """Bake elapsed and the earlier stages' devices reporting are not enough: the stage's own new
+    devices must run the candidate and report before the rollout moves on."""
+    rid = world.rollouts.start(plan(stages=parse_stages("5:0,25:0,100:0")))["id"]
+    world.step()
+    world.run_until(rid, ("stage",))
+    assert world.rollouts.status(rid)["stage"] == 1
+    world.step()  # stage 1's devices are handed the candidate; none has reported on it yet
+    s = world.rollouts.status(rid)
+    mine = next(g for g in s["gates"] if g["name"] == "min_reporting_stage")
+    assert (s["state"], s["stage"]) == ("stage", 1), "a zero bake must not pass on the canary's evidence"
+    assert mine["passed"] is False and mine["threshold"] == 2 and "new in stage 1" in mine["detail"], mine
+    world.run_until(rid, ("complete",))
