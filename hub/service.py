@@ -39,6 +39,7 @@ class Hub:
         self.registry = None
         self.rollouts = None
         self.twins = None
+        self.features = None  # issue 4 groundwork: feature views, offline and online stores
 
     def _embedded(self) -> EmbeddedNats:
         e = self.config.broker.embedded
@@ -109,7 +110,7 @@ class Hub:
                     log.debug("hub: close: %s", exc)
             if self.pipeline is not None:
                 self.pipeline.close()
-            for part in (self.twins, self.rollouts, self.registry):
+            for part in (self.twins, self.rollouts, self.registry, self.features):
                 if part is not None:
                     part.close()
             if self.store is not None:
@@ -127,6 +128,17 @@ class Hub:
         self.rollouts = Rollouts(cfg.data_dir, self.registry)
         self.twins = TwinStore(cfg.data_dir, self.registry, self.rollouts,
                                poll_interval_s=cfg.control.poll_interval.total_seconds())
+        from .features import FeatureService, FeatureView
+
+        self.features = FeatureService.open(cfg.data_dir)
+        # The fleet's one model today is the condition model: its windows are a view from the start
+        # (registering the same version again is a no-op; a new feature code version is history).
+        from models.condition.data import SPEC
+
+        self.features.registry.register(FeatureView(
+            "condition", SPEC, owner="models/condition",
+            description="One-minute windows of vibration_rms and temperature: the condition model's inputs.",
+        ))
 
     async def _supervise(self, name: str, run) -> None:
         """Keep an ingest source running: a crash is counted, logged and restarted with backoff."""

@@ -113,5 +113,9 @@ def create_app(hub: "Hub") -> FastAPI:
         from .control import router as control_router
 
         app.include_router(control_router(hub.twins, hub.rollouts))
+    if getattr(hub, "features", None) is not None:
+        from .features import router as features_router
+
+        app.include_router(features_router(hub.features))
 
     return app

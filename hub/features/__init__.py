@@ -4,6 +4,8 @@
     FeatureRegistry   views, version history, lineage and materialization runs, in control.db
     materialize       lake → window_features per (tenant, device) → a Parquet snapshot per run
     point_in_time     labels (tenant, device, ts) → features as of ts, by event or arrival time
+    OnlineStore       the latest vector per (view, version, tenant, device) in SQLite; newer wins
+    FeatureService    registry + online store + data dir, as the hub and its API hold them
 
 Features are `protocol.features.window_features`, the code the agent runs before inference.
 Errors are FeatureError subclasses (errors.py).
@@ -12,11 +14,14 @@ Errors are FeatureError subclasses (errors.py).
 from .definitions import ENTITY, FeatureView
 from .errors import FeatureConflictError, FeatureError, InvalidFeatureViewError, UnknownFeatureError
 from .offline import feature_schema, materialize, view_dir
+from .online import OnlineBackend, OnlineStore
 from .registry import FeatureRegistry, RegisteredView, RunFile, RunRecord
 from .retrieval import SEMANTICS, point_in_time
+from .service import FeatureService
 
 __all__ = [
-    "ENTITY", "SEMANTICS", "FeatureConflictError", "FeatureError", "FeatureRegistry", "FeatureView",
-    "InvalidFeatureViewError", "RegisteredView", "RunFile", "RunRecord", "UnknownFeatureError",
+    "ENTITY", "SEMANTICS", "FeatureConflictError", "FeatureError", "FeatureRegistry", "FeatureService",
+    "FeatureView", "InvalidFeatureViewError", "OnlineBackend", "OnlineStore", "RegisteredView", "RunFile", "RunRecord",
+    "UnknownFeatureError",
     "feature_schema", "materialize", "point_in_time", "view_dir",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -21,6 +22,7 @@ from hub.storage.query import query_telemetry
 from models.condition.data import SPEC
 from protocol import Readings
 from simulators.model_faults import V1
+
 
 from .harness import agent_config, hub_config, running_hub
 from tests.servers import await_until
@@ -94,6 +96,14 @@ async def test_daemon_installs_from_the_twin_and_its_predictions_reach_the_lake(
         offline = dict(zip(starts.tolist(), np.argmax(backend.predict(x.astype(np.float32)), axis=1).tolist()))
         backend.close()
         assert offline == predicted
+
+        # The hub's feature store computes the same windows from the stored telemetry (its
+        # `condition` view is registered at start), and serves the latest one online.
+        async with httpx.AsyncClient(base_url=hub.state.api_url) as client:
+            run = (await client.post("/v1/features/condition/materialize", json={})).json()
+            online = (await client.get("/v1/features/condition/online/t1/pump-1")).json()
+        assert run["rows_written"] == len(starts), run
+        assert online["event_time"] == int(ends.max()), online
 
         # The device's inference figures travel in its health readings.
         health = {r["channel"] for r in rows("health")}
