@@ -202,6 +202,7 @@ class InferenceConfig(_Model):
     threads: int = Field(1, ge=1, le=64)
     delegate: Literal["none", "xnnpack", "edgetpu"] = "xnnpack"
     queue_windows: int = Field(1024, ge=1, le=1_000_000)  # closed windows waiting; full: oldest dropped
+    send_features: bool = True  # send the features fed to the model as feat.* predictions (hub consistency check)
 
 
 class AgentConfig(_Model):

@@ -44,7 +44,7 @@ class Agent:
         self.inputs: list[Input] = [make_input(i, device=dev) for i in config.inputs]
         self.sender = Sender(self.buffer, self.uplink, config)
         # Inputs write through the tap: the buffer first (durability), then feature windows.
-        self.pipeline = InferencePipeline()
+        self.pipeline = InferencePipeline(send_features=config.inference.send_features)
         self.tap = InferenceTap(self.buffer, self.pipeline, max_queued_windows=config.inference.queue_windows)
         self.models = None
         if config.models is not None:

@@ -1,13 +1,16 @@
 """`edgeloop features`: feature views in the hub's feature store, over its HTTP API (/v1/features).
 
 Exit codes (edgeloop/httpclient.py): 2 bad arguments, 3 hub unreachable or failing, 4 not
-found (view, run or device), 5 the hub refused the request (conflict, bad range).
+found (view, run or device), 5 the hub refused the request (conflict, bad range); `check` exits
+6 when the device-sent features and the hub's differ (0 when they agree).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
 
@@ -134,3 +137,135 @@ def features_history(
         r["features"] = len(r["features"])
     print_rows(rows, ["version", "registered", "owner", "window_s", "features", "description"],
                f"{len(rows)} version(s) of {name}")
+
+
+MISMATCH_EXIT = 6  # `features check`: the device's features and the hub's differ
+
+
+@features_app.command("check")
+def features_check(
+    name: str = typer.Argument(..., help="Feature view name."),
+    entity: Optional[str] = typer.Option(None, "--device", help="Only this device, as TENANT/DEVICE."),
+    hub: str = HubOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Compare the features devices sent with their predictions against the hub's latest run, exactly.
+
+    Exit 0 when every window both sides have agrees, 6 when any feature differs. Windows only one
+    side has (not materialized yet, dropped by the device) are listed, not failures."""
+    params: dict[str, str] = {}
+    if entity is not None:
+        tenant, sep, device = entity.partition("/")
+        if not (sep and tenant and device) or "/" in device:
+            typer.echo(f"error: {entity!r} is not TENANT/DEVICE, e.g. acme/m1", err=True)
+            raise typer.Exit(2)
+        params = {"tenant": tenant, "device": device}
+    c = get(hub, _path(name, "consistency"), **params)
+    if as_json:
+        _echo_json(c)
+    else:
+        typer.echo(f"{c['name']} {c['version']}: {c['windows_matching']} of {c['windows_compared']} window(s) agree, "
+                   f"{c['mismatch_count']} feature mismatch(es); device only {len(c['device_only'])}, "
+                   f"hub only {len(c['hub_only'])} (rtol {c['tolerance']['rtol']:g}, atol {c['tolerance']['atol']:g})")
+        rows = [{**m, "window": _when(m["window_start"]), "entity": f"{m['tenant']}/{m['device']}"}
+                for m in c["mismatches"]]
+        if rows:
+            print_rows(rows, ["entity", "window", "feature", "device_value", "hub_value", "abs_diff"],
+                       f"first {len(rows)} mismatch(es)")
+    if c["mismatch_count"]:
+        raise typer.Exit(MISMATCH_EXIT)
+
+
+# --- training datasets (/v1/datasets) --------------------------------------------------------
+LABEL_FIELDS = ("tenant", "device", "ts_us", "label")
+
+
+def _label_value(text: str) -> object:
+    """A CSV cell as the JSON value it spells: int, then float, else the string; empty is null."""
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _read_labels(path: Path) -> list[dict]:
+    """Label rows (tenant, device, ts_us, label) from a .csv with a header or a .jsonl file."""
+    def bad(where: str, why: str) -> typer.Exit:
+        typer.echo(f"error: {path}{where}: {why}", err=True)
+        return typer.Exit(2)
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise bad("", f"cannot be read ({exc.strerror})") from exc
+    if path.suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if tuple(reader.fieldnames or ()) != LABEL_FIELDS:
+            raise bad("", f"has columns {reader.fieldnames!r}; it needs exactly {list(LABEL_FIELDS)!r}")
+        rows = []
+        for n, row in enumerate(reader, start=2):
+            try:
+                ts_us = int(row["ts_us"])
+            except (TypeError, ValueError) as exc:
+                raise bad(f" line {n}", f"ts_us {row['ts_us']!r} is not an integer (µs)") from exc
+            rows.append({"tenant": row["tenant"], "device": row["device"], "ts_us": ts_us,
+                         "label": _label_value(row["label"])})
+        return rows
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise bad(f" line {n}", f"is not JSON ({exc})") from exc
+            if not isinstance(row, dict) or tuple(sorted(row)) != tuple(sorted(LABEL_FIELDS)):
+                raise bad(f" line {n}", f"{line.strip()[:200]} is not an object with exactly {list(LABEL_FIELDS)!r}")
+            rows.append(row)
+        return rows
+    raise bad("", "is neither .csv nor .jsonl")
+
+
+@features_app.command("dataset-build")
+def features_dataset_build(
+    name: str = typer.Argument(..., help="Dataset name, e.g. bearing_wear; versions are content hashes."),
+    view: str = typer.Option(..., "--view", help="Feature view name; its latest registered version is used."),
+    labels: Path = typer.Option(..., "--labels", help="Labels: FILE.csv (header tenant,device,ts_us,label) "
+                                                       "or FILE.jsonl (one such object per line)."),
+    semantics: str = typer.Option("arrival", "--semantics", help="arrival (what the hub had) or event."),
+    as_of_run: Optional[str] = typer.Option(None, "--as-of-run", help="Features as of this run; default latest."),
+    label_source: Optional[str] = typer.Option(None, "--label-source",
+                                               help="Where the labels came from; default the file's path."),
+    hub: str = HubOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Join labels with a view's features point-in-time and store them as a versioned training dataset."""
+    body = {"name": name, "view": view, "labels": _read_labels(labels), "semantics": semantics,
+            "as_of_run": as_of_run, "label_source": str(labels) if label_source is None else label_source}
+    d = post(hub, "/v1/datasets", body, timeout=MATERIALIZE_TIMEOUT_S)
+    if as_json:
+        _echo_json(d)
+        return
+    typer.echo(f"dataset {d['name']} {d['version']}: {d['label_rows']} label(s), {d['null_feature_rows']} with "
+               f"null features; view {d['view']} {d['view_version']}, {d['semantics']} semantics, "
+               f"run(s) {', '.join(d['run_ids'])}")
+    typer.echo(f"  {d['path']}  sha256 {d['sha256']}")
+
+
+@features_app.command("datasets")
+def features_datasets(
+    name: Optional[str] = typer.Argument(None, help="Only the versions of this dataset."),
+    hub: str = HubOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Every training dataset version, oldest first: its view, semantics, label count and null-feature rows."""
+    rows = get(hub, "/v1/datasets", name=name)
+    if as_json:
+        _echo_json(rows)
+        return
+    for r in rows:
+        r["created"] = _when(r["created_at_us"])
+    print_rows(rows, ["name", "version", "created", "view", "semantics", "label_rows", "null_feature_rows"],
+               f"{len(rows)} dataset version(s)")

@@ -97,3 +97,22 @@ def register(data_dir: Path) -> None:
     """Views are code, registered by the hub, not over the API: register VIEW as the hub would."""
     with FeatureRegistry(data_dir) as registry:
         registry.register(VIEW, now_us=T0)
+
+
+def test_check_exits_6_on_mismatches_and_0_when_consistent(hub_url, tmp_path):
+    from tests.hub.features.test_consistency import crafted
+
+    crafted(tmp_path)
+    register(tmp_path)
+    assert "--device" in run("features", "check", "--help").output
+    run("features", "materialize", VIEW.name, "--hub", hub_url)
+    got = json.loads(run("features", "check", VIEW.name, "--json", "--hub", hub_url, code=6).stdout)
+    assert (got["windows_compared"], got["mismatch_count"]) == (4, 2)
+    text = run("features", "check", VIEW.name, "--hub", hub_url, code=6).stdout
+    assert "2 of 4 window(s) agree" in text and "99.5" in text and "acme/m1" in text
+    ok = json.loads(run("features", "check", VIEW.name, "--device", "acme/m3", "--json", "--hub", hub_url).stdout)
+    assert (ok["windows_compared"], ok["mismatches"]) == (1, [])
+    text = run("features", "check", VIEW.name, "--device", "acme/m3", "--hub", hub_url).stdout
+    assert "1 of 1 window(s) agree" in text
+    assert "not TENANT/DEVICE" in run("features", "check", VIEW.name, "--device", "m3", "--hub", hub_url, code=2).output
+    assert "is not registered" in run("features", "check", "nope", "--hub", hub_url, code=4).output

@@ -23,12 +23,18 @@ Prediction readings (`Kind.PREDICTION`), one timestamp per window, its start:
     pred.p.<class>    the champion's probability of each class
     shadow.class      the shadow's class index (only while a shadow runs and did not fail)
     shadow.agree      1.0 when both chose the same class (compared by name), else 0.0
+    feat.<feature>    each feature the champion was fed, as the float64 window_features computed
+                      it, before the float32 cast for the model (only with `send_features`, the
+                      default): the hub's consistency check (hub/features/consistency.py) compares
+                      them with its own features of the same windows
 
 Class and model names become channel names, whose rule (protocol.readings.check_channel) is
 1-64 characters of `A-Z a-z 0-9 _ . : -`: other characters turn into `_` (a model version
 `1.0.0+rc1` gives `info.model.condition.1.0.0_rc1`); `info.model.*` is cut to 64 characters; a
 class whose channel would collide with another's or pass 64 characters is named by its index
-instead (`pred.p.2`).
+instead (`pred.p.2`). Likewise a feature whose `feat.<feature>` would pass 64 characters is sent
+as `feat.<i>`, `i` its index in the spec's `feature_names` (feature names are `<channel>.<agg>`,
+valid channel names, so `feat.<i>` never collides with a named one).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from protocol.twin import InferenceReport, ShadowReport
 from ..errors import InferenceError, PredictError
 from .base import Backend
 
-__all__ = ["InferencePipeline", "channel_safe"]
+__all__ = ["InferencePipeline", "channel_safe", "feature_channels"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 _MAX_CHANNEL = 64
@@ -63,6 +69,11 @@ def _class_channels(classes: tuple[str, ...]) -> tuple[str, ...]:
     named = [channel_safe("pred.p.", c) for c in classes]
     taken = Counter(named)
     return tuple(c if c is not None and taken[c] == 1 else f"pred.p.{i}" for i, c in enumerate(named))
+
+
+def feature_channels(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The `feat.*` channel of each feature name (module docstring); the hub applies the same rule."""
+    return tuple(c if (c := channel_safe("feat.", n)) is not None else f"feat.{i}" for i, n in enumerate(names))
 
 
 @dataclass
@@ -88,13 +99,15 @@ class _Model:
 
 
 class InferencePipeline:
-    def __init__(self) -> None:
+    def __init__(self, *, send_features: bool = True) -> None:
+        self.send_features = bool(send_features)  # also emit feat.* readings (module docstring)
         self._swap = threading.Lock()  # held by predict and the setters: a swap never races a predict
         self._figs_lock = threading.Lock()  # short: counters and the current models, for readers
         self._champion: _Model | None = None
         self._shadow: _Model | None = None
         self._spec: FeatureSpec | None = None
         self._channels: tuple[str, ...] = ()
+        self._feature_channels: tuple[str, ...] = ()
         self._figs = _Figures()
 
     # --- models -----------------------------------------------------------------------------------
@@ -122,6 +135,7 @@ class InferencePipeline:
                 self._champion = None if backend is None else _Model(backend, manifest)  # type: ignore[arg-type]
                 self._spec = spec
                 self._channels = _class_channels(manifest.classes) if manifest is not None else ()
+                self._feature_channels = feature_channels(spec.feature_names) if spec is not None else ()
                 self._figs = _Figures()
         return old
 
@@ -149,7 +163,8 @@ class InferencePipeline:
 
         Blocking: run it in a worker thread. `spec`, when given, is the spec the rows were
         computed with; rows of another spec than the champion's (a swap happened while they
-        queued) are counted as `stale_windows` and not predicted."""
+        queued) are counted as `stale_windows` and not predicted. `features` may be float64 (the
+        tap's, sent as `feat.*` as they are) or float32; the models get them as float32."""
         starts_us = np.asarray(starts_us, np.int64)
         n = len(starts_us)
         if features.ndim != 2 or len(features) != n:
@@ -162,8 +177,9 @@ class InferencePipeline:
                 with self._figs_lock:
                     self._figs.stale_windows += n
                 return None
+            fed = np.asarray(features, np.float32)  # what the models take; `features` stays float64
             try:
-                probabilities = _checked(champion.backend.predict(features), n, champion.manifest)
+                probabilities = _checked(champion.backend.predict(fed), n, champion.manifest)
             except PredictError:
                 with self._figs_lock:
                     self._figs.calls += 1
@@ -176,7 +192,7 @@ class InferencePipeline:
             shadow_counts = None
             if shadow is not None and shadow.manifest.feature_spec == champion.manifest.feature_spec:
                 try:
-                    other = _checked(shadow.backend.predict(features), n, shadow.manifest).argmax(axis=1)
+                    other = _checked(shadow.backend.predict(fed), n, shadow.manifest).argmax(axis=1)
                 except PredictError:
                     shadow_counts = (0, 0, n)
                 else:
@@ -184,6 +200,9 @@ class InferencePipeline:
                     columns += [other.astype(np.float64), agree.astype(np.float64)]
                     names += ["shadow.class", "shadow.agree"]
                     shadow_counts = (n, int(agree.sum()), 0)
+            if self.send_features and features.shape[1] == len(self._feature_channels):
+                columns += list(np.asarray(features, np.float64).T)
+                names += self._feature_channels
             with self._figs_lock:
                 f = self._figs
                 f.calls += 1

@@ -137,7 +137,9 @@ class InferenceTap:
             self._fed_spec = None  # what arrives now is never fed: the next model starts over
             return
         if self._windower is None:
-            self._windower = FeatureWindower(spec, grace_us=self._grace_us, max_open_windows=self._max_open)
+            # float64 rows: the pipeline casts them for the model and sends them as `feat.*` as they are
+            self._windower = FeatureWindower(spec, grace_us=self._grace_us, max_open_windows=self._max_open,
+                                             dtype=np.float64)
         elif spec != self._fed_spec:
             self._windower.set_spec(spec)
         self._fed_spec = spec

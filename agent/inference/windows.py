@@ -39,13 +39,18 @@ _NO_ROWS = np.empty(0, np.int64)
 
 
 class FeatureWindower:
-    def __init__(self, spec: FeatureSpec, *, grace_us: int = 0, max_open_windows: int = 3) -> None:
+    def __init__(
+        self, spec: FeatureSpec, *, grace_us: int = 0, max_open_windows: int = 3, dtype: type = np.float32
+    ) -> None:
         if isinstance(grace_us, bool) or not isinstance(grace_us, int) or grace_us < 0:
             raise ValueError(f"FeatureWindower grace_us is {grace_us!r}; it must be an int number of µs >= 0.")
         if isinstance(max_open_windows, bool) or not isinstance(max_open_windows, int) or max_open_windows < 1:
             raise ValueError(f"FeatureWindower max_open_windows is {max_open_windows!r}; it must be an int >= 1.")
+        if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"FeatureWindower dtype is {dtype!r}; it must be float32 or float64.")
         self.grace_us = grace_us
         self.max_open_windows = max_open_windows
+        self.dtype = np.dtype(dtype)  # of the feature rows out; float64 keeps window_features' exact values
         # Cumulative over the windower's life, across set_spec: the tap reports deltas.
         self.late_readings = 0  # readings dropped because their window had closed
         self.late_windows = 0  # closed windows that got late readings, once per feed that brought them
@@ -75,8 +80,8 @@ class FeatureWindower:
         self._watermark: int | None = None  # the largest spec-channel timestamp fed
 
     def feed(self, readings: Readings) -> tuple[np.ndarray, np.ndarray]:
-        """Take a chunk; return (window starts µs int64 [n], features float32 [n, k]) of the
-        windows it closed, ascending by start."""
+        """Take a chunk; return (window starts µs int64 [n], features [n, k] of `dtype`, float32
+        by default) of the windows it closed, ascending by start."""
         chan, ts, value = self._spec_rows(readings)
         if not len(ts):
             return self._close([])
@@ -135,7 +140,7 @@ class FeatureWindower:
     def _close(self, windows: list[int]) -> tuple[np.ndarray, np.ndarray]:
         k = len(self._spec.feature_names)
         if not windows:
-            return _NO_ROWS, np.empty((0, k), np.float32)
+            return _NO_ROWS, np.empty((0, k), self.dtype)
         pieces = [p for w in sorted(windows) for p in self._open.pop(w)]
         self._closed_below = max(self._closed_below or 0, max(windows) + 1)  # forced closes move it too
         # One window_features call over every closing window: features are per window, so this
@@ -147,4 +152,4 @@ class FeatureWindower:
             np.concatenate([v for _, _, v in pieces]),
         )
         _, matrix, ends = window_features(readings, self._spec)
-        return ends - self._w, matrix.astype(np.float32)
+        return ends - self._w, matrix.astype(self.dtype, copy=False)

@@ -5,6 +5,11 @@
     POST /v1/features/{name}/materialize               a run of the latest version, then the online store
     GET  /v1/features/{name}/online/{tenant}/{device}  the device's latest vector
     POST /v1/features/{name}/point-in-time             labels → features as of each label's ts
+    GET  /v1/features/{name}/consistency               device-sent features against the latest run's
+                                                       (?tenant=&device=&since_us=&until_us=&rtol=&atol=)
+    POST /v1/datasets                                  labels + a view → a versioned training dataset
+    GET  /v1/datasets                                  every dataset version (?name= for one dataset)
+    GET  /v1/datasets/{name}/{version}                 one dataset version with its lineage
 
 Feature errors become HTTP errors with the store's sentence as `detail`: 404 unknown view, run
 or entity, 409 conflict, 422 bad input. Routes are sync, so FastAPI runs them in its
@@ -20,6 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+import pyarrow as pa
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,10 +35,15 @@ from ..features import (
     FeatureRegistry,
     OnlineBackend,
     RegisteredView,
+    InvalidFeatureViewError,
     UnknownFeatureError,
+    build_dataset,
+    get_dataset,
+    list_datasets,
     materialize,
     point_in_time,
 )
+from ..features.consistency import check as consistency_check
 
 T = TypeVar("T")
 MAX_LABELS = 100_000  # per request; larger label sets belong in a batch job, not a JSON body
@@ -64,6 +75,38 @@ class PointInTimeBody(BaseModel):
     labels: list[Label] = Field(max_length=MAX_LABELS)
     semantics: str = "event"
     as_of_run: str | None = None
+
+
+class DatasetLabel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tenant: str
+    device: str
+    ts_us: int
+    label: str | int | float | bool | None
+
+
+class DatasetBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    view: str
+    view_version: str | None = None  # the view's latest registered version when None
+    labels: list[DatasetLabel] = Field(max_length=MAX_LABELS)
+    semantics: str = "arrival"
+    as_of_run: str | None = None
+    label_source: str = ""
+
+
+def _dataset_labels(labels: list[DatasetLabel]) -> pa.Table:
+    try:
+        label = pa.array([x.label for x in labels])
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InvalidFeatureViewError(f"Dataset labels must all be of one type: {exc}") from exc
+    return pa.table({
+        "tenant": pa.array([x.tenant for x in labels], pa.string()),
+        "device": pa.array([x.device for x in labels], pa.string()),
+        "ts_us": pa.array([x.ts_us for x in labels], pa.int64()),
+        "label": label,
+    })
 
 
 def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -140,5 +183,31 @@ def router(features: Features) -> APIRouter:
         rows = [{k: _finite(x) for k, x in row.items()} for row in table.to_pylist()]
         return {"name": name, "version": view.version, "semantics": body.semantics, "as_of_run": body.as_of_run,
                 "rows": rows}
+
+    @r.post("/v1/datasets")
+    def dataset_build(body: DatasetBody) -> dict:
+        view = registry("get", body.view, body.view_version).view
+        labels = _call(_dataset_labels, body.labels)
+        # build_dataset opens its own registry connection: a build is long, the shared one stays free.
+        return _call(build_dataset, features.data_dir, view, labels, name=body.name, semantics=body.semantics,
+                     as_of_run=body.as_of_run, label_source=body.label_source)
+
+    @r.get("/v1/datasets")
+    def dataset_list(name: str | None = None) -> list[dict]:
+        return _call(list_datasets, features.data_dir, name)
+
+    @r.get("/v1/datasets/{name}/{version}")
+    def dataset_show(name: str, version: str) -> dict:
+        return _call(get_dataset, features.data_dir, name, version)
+
+    @r.get("/v1/features/{name}/consistency")
+    def consistency(
+        name: str, tenant: str | None = None, device: str | None = None, since_us: int | None = None,
+        until_us: int | None = None, rtol: float = 0.0, atol: float = 0.0,
+    ) -> dict:
+        """hub.features.consistency.check on the latest version; it only reads (materialize first)."""
+        view = registry("get", name).view
+        return _call(consistency_check, features.data_dir, view, tenant=tenant, device=device,
+                     since_us=since_us, until_us=until_us, rtol=rtol, atol=atol)
 
     return r

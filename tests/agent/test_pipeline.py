@@ -16,7 +16,7 @@ from agent.buffer import BufferStats
 from agent.errors import InferenceError, PredictError
 from agent.health import HealthProbe
 from agent.inference import InferencePipeline, InferenceSettings, make_backend
-from agent.inference.pipeline import channel_safe
+from agent.inference.pipeline import channel_safe, feature_channels
 from models.condition.device_manifest import device_manifest
 from protocol import Readings, check_channel
 from protocol.features import FeatureSpec, window_features
@@ -88,7 +88,8 @@ def test_predictions_match_the_recipes_expected_probabilities(artifact: str) -> 
     p = serving(artifact)
     assert p.spec == SPEC
     r = p.predict(STARTS, X)
-    assert r is not None and set(r.channels) == {"pred.class", *(f"pred.p.{c}" for c in CLASSES)}
+    feats = {f"feat.{f}" for f in SPEC.feature_names}
+    assert r is not None and set(r.channels) == {"pred.class", *(f"pred.p.{c}" for c in CLASSES), *feats}
     assert sorted(set(r.ts_us.tolist())) == STARTS.tolist()  # one prediction per window, at its start
     got = columns(r)
     probabilities = np.column_stack([got[f"pred.p.{c}"] for c in CLASSES])
@@ -244,9 +245,41 @@ def test_names_that_are_not_channel_names_are_made_into_ones() -> None:
     p = InferencePipeline()
     p.set_champion(backend, odd, SPEC)
     r = p.predict(STARTS, X)
-    assert set(r.channels) == {"pred.class", "pred.p.ok", "pred.p.1", "pred.p.2"}  # a b, a/b collide
+    assert set(r.channels) - {f"feat.{f}" for f in SPEC.feature_names} == {
+        "pred.class", "pred.p.ok", "pred.p.1", "pred.p.2"}  # a b, a/b collide
     assert "info.model.condition.1.0.0_rc1" in p.health()
     assert p.report()[0].classes.keys() <= {"ok", "a b", "a/b"}
+
+
+def test_the_float64_features_fed_to_the_model_go_out_as_feat_channels_exactly() -> None:
+    rows = window_features(device_model("feat-1", start_us=T0, period_us=1_000_000).frame(0, 6 * 60), SPEC)[1]
+    assert rows.dtype == np.float64 and len(rows) == 6
+    starts = STARTS[: len(rows)]
+    p = serving()
+    got = columns(p.predict(starts, rows))
+    for j, name in enumerate(SPEC.feature_names):
+        check_channel(f"feat.{name}")
+        assert got[f"feat.{name}"].tobytes() == rows[:, j].tobytes()  # the float64 bits, not float32's
+    # ... while the model got them as float32: the same classes as float32 rows give
+    np.testing.assert_array_equal(got["pred.class"], columns(serving().predict(starts, rows.astype(np.float32)))[
+        "pred.class"])
+    assert any(rows[:, j].astype(np.float32).astype(np.float64).tobytes() != rows[:, j].tobytes()
+               for j in range(rows.shape[1]))  # the test would not tell float32 from float64 otherwise
+
+    quiet = InferencePipeline(send_features=False)
+    quiet.set_champion(*loaded("model.int8.onnx"), SPEC)
+    r = quiet.predict(starts, rows)
+    assert not any(c.startswith("feat.") for c in r.channels) and "pred.class" in r.channels
+
+
+def test_feature_channels_too_long_for_a_channel_go_by_index() -> None:
+    long = "x" * 54  # "feat." + 54 + ".mean" is 64: fits; ".slope" does not
+    names = ("vibration_rms.mean", f"{long}.mean", f"{long}.slope")
+    assert feature_channels(names) == ("feat.vibration_rms.mean", f"feat.{long}.mean", "feat.2")
+    for c in feature_channels(names):
+        check_channel(c)
+    spec = FeatureSpec(window_us=60_000_000, channels=("y" * 64,))
+    assert feature_channels(spec.feature_names) == tuple(f"feat.{i}" for i in range(len(spec.feature_names)))
 
 
 class ObservedLock:

@@ -27,7 +27,9 @@ SPEC = FeatureSpec.from_params(RECIPE["feature_spec"]["params"])
 W = SPEC.window_us
 T0 = 1_700_006_400_000_000  # on a window boundary
 CREATED = datetime(2025, 1, 2, tzinfo=timezone.utc)
-PREDICTION_CHANNELS = {"pred.class", *(f"pred.p.{c}" for c in RECIPE["classes"])}
+# with the features the model was fed (feat.*, the float64 ones: the hub's bit for bit)
+PREDICTION_CHANNELS = {"pred.class", *(f"pred.p.{c}" for c in RECIPE["classes"]),
+                       *(f"feat.{f}" for f in SPEC.feature_names)}
 
 
 def loaded(artifact: str = "model.int8.onnx"):
@@ -80,8 +82,8 @@ async def test_simulated_minutes_through_the_tap_give_one_prediction_per_closed_
         starts = np.unique(predictions.ts_us)
         np.testing.assert_array_equal(starts, ends[:-1] - W)  # ... so one prediction per closed window
         assert len(predictions) == len(starts) * len(PREDICTION_CHANNELS)
-        # the predictions are the model's on the hub's features of those windows
-        expected = pipeline().predict(ends[:-1] - W, hub_rows[:-1].astype(np.float32))
+        # the predictions are the model's on the hub's features of those windows, which they carry
+        expected = pipeline().predict(ends[:-1] - W, hub_rows[:-1])
         assert predictions.equals(expected)
         await tap.flush()  # shutdown: the open window closes and is predicted
         assert np.unique((await stored(buffer))[Kind.PREDICTION].ts_us).tolist() == (ends - W).tolist()

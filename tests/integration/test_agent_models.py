@@ -105,6 +105,16 @@ async def test_daemon_installs_from_the_twin_and_its_predictions_reach_the_lake(
         assert run["rows_written"] == len(starts), run
         assert online["event_time"] == int(ends.max()), online
 
+        # The device sent the float64 features it fed the model (feat.*, with its predictions): on
+        # every predicted window they equal the hub's materialized ones exactly (tolerance 0).
+        async with httpx.AsyncClient(base_url=hub.state.api_url) as client:
+            consistency = (await client.get("/v1/features/condition/consistency",
+                                            params={"tenant": "t1", "device": "pump-1"})).json()
+        assert consistency["windows_compared"] == len(predicted), consistency
+        assert consistency["windows_matching"] == len(predicted), consistency
+        assert consistency["mismatches"] == [] and consistency["device_only"] == [], consistency
+        assert consistency["tolerance"] == {"rtol": 0.0, "atol": 0.0}
+
         # The device's inference figures travel in its health readings.
         health = {r["channel"] for r in rows("health")}
         assert {"inference.windows", "inference.p95_ms", "inference.errors"} <= health, sorted(health)

@@ -121,3 +121,22 @@ def test_errors_name_the_problem(hub, service, tmp_path):
     assert r.status_code == 422 and "is empty" in r.json()["detail"]
     r = hub.post(f"/v1/features/{VIEW.name}/point-in-time", json={"labels": [{"tenant": "acme"}]})
     assert r.status_code == 422
+
+
+def test_consistency_compares_device_sent_features_with_the_latest_run(hub, service, tmp_path):
+    from tests.hub.features.test_consistency import crafted
+
+    crafted(tmp_path)
+    service.registry.register(VIEW, now_us=T0)
+    assert hub.get(f"/v1/features/{VIEW.name}/consistency").json()["windows_compared"] == 0  # nothing materialized
+    assert hub.post(f"/v1/features/{VIEW.name}/materialize").status_code == 200
+    got = hub.get(f"/v1/features/{VIEW.name}/consistency").json()
+    assert (got["windows_compared"], got["windows_matching"], got["mismatch_count"]) == (4, 2, 2)
+    assert got["mismatches"][0] == {"tenant": "acme", "device": "m1", "window_start": T0 + W, "feature": "temp.max",
+                                    "device_value": 99.5, "hub_value": 100.0, "abs_diff": 0.5}
+    m3 = hub.get(f"/v1/features/{VIEW.name}/consistency", params={"tenant": "acme", "device": "m3"}).json()
+    assert (m3["windows_compared"], m3["mismatches"], m3["device_only"], m3["hub_only"]) == (1, [], [], [])
+    loose = hub.get(f"/v1/features/{VIEW.name}/consistency", params={"device": "m1", "atol": 0.5}).json()
+    assert (loose["mismatches"], loose["tolerance"]) == ([], {"rtol": 0.0, "atol": 0.5})
+    assert hub.get(f"/v1/features/{VIEW.name}/consistency", params={"rtol": -1}).status_code == 422
+    assert hub.get("/v1/features/nope/consistency").status_code == 404
