@@ -25,15 +25,6 @@ LABELS = [
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[FeatureService]:
-    s = FeatureService.open(tmp_path)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
 def served(service: FeatureService) -> Iterator[str]:
     with ServedApp(features_app(service)) as s:
         yield s.url

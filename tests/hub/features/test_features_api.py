@@ -33,15 +33,6 @@ def crafted_lake(data_dir: Path) -> int:
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[FeatureService]:
-    s = FeatureService.open(tmp_path)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
 def hub(service: FeatureService) -> Iterator[httpx.Client]:
     with ServedApp(features_app(service)) as served, httpx.Client(base_url=served.url, timeout=30) as client:
         yield client
