@@ -68,6 +68,9 @@ def demo(
     period_ms: int = typer.Option(100, "--period-ms", min=1, help="Sampling period of every virtual sensor."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Keep data here (default: a temp dir)."),
     outage: list[str] = typer.Option([], "--outage", help="Stop the broker at START for DURATION seconds: 10:5 (repeatable)."),
+    models: bool = typer.Option(True, "--models/--no-models",
+                                help="Devices run the condition model from the hub's registry, and a staged "
+                                     "rollout of a new version runs mid-demo."),
 ) -> None:
     """Embedded broker + hub + a simulated fleet, with a live table; ends with a JSON summary."""
     from rich.console import Console
@@ -84,7 +87,8 @@ def demo(
     _log("error")  # warnings (an outage's reconnect attempts) would tear the live table
     console = Console(stderr=as_json)
     summary = asyncio.run(run_demo(devices=devices, duration=duration, live=not as_json, data_dir=data_dir,
-                                   mqtt_share=mqtt_share, period_ms=period_ms, console=console, outages=outages))
+                                   mqtt_share=mqtt_share, period_ms=period_ms, console=console, outages=outages,
+                                   models=models))
     typer.echo(json.dumps(summary, indent=None if as_json else 2))
     if summary["lost"] or summary["duplicates"]:
         raise typer.Exit(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +30,11 @@ class FleetSpec:
     wear_devices: int = 0  # this many devices show bearing wear
     seed: int = 0
     profile: str | None = None
+    # Models: the agent's [models] section without `dir` (each device gets its own), or None.
+    models: dict | None = None
+    # Sensors start this long before now (aligned to a minute) and catch up at once, so the
+    # first feature windows close as soon as the fleet starts rather than a minute later.
+    backfill: timedelta = timedelta(0)
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -48,6 +54,8 @@ class DeviceView:
     generated: int
     sent: int
     dropped: int
+    model: str | None = None  # the version the device serves (None: no model, or models off)
+    predicted: int = 0  # windows predicted by that model
 
 
 @dataclass
@@ -62,6 +70,10 @@ class Fleet:
         mqtt_ids = set(rng.sample(range(s.devices), n_mqtt))
         skewed = set(rng.sample(range(s.devices), min(s.skewed_devices, s.devices)))
         worn = set(rng.sample(range(s.devices), min(s.wear_devices, s.devices)))
+        start_us = None
+        if s.backfill > timedelta(0):
+            minute = 60_000_000
+            start_us = (time.time_ns() // 1000 - int(s.backfill.total_seconds() * 1e6)) // minute * minute
         for i in range(s.devices):
             dev = f"dev-{i:04d}"
             on_mqtt = i in mqtt_ids
@@ -73,9 +85,20 @@ class Fleet:
                 "inputs": [{
                     "type": "simulated", "period": s.period.total_seconds(), "seed_base": s.seed,
                     "clock_skew_ms": s.skew_ms if i in skewed else 0, "wear_rate": 2.0 if i in worn else 0.0,
+                    **({"start_us": start_us} if start_us is not None else {}),
                 }],
             }
+            if s.models is not None:
+                data["models"] = {"dir": str(s.data_dir / f"{dev}-models"), **s.models}
             self.agents.append(Agent(AgentConfig.model_validate(data)))
+
+    async def install_models(self) -> None:
+        """Give every device its model before its sensors start (one twin exchange each), so the
+        backfilled windows are predicted too; the agents' own model tasks take over from there."""
+        managers = [a.models for a in self.agents if a.models is not None]
+        for m in managers:
+            await m.start()
+        await asyncio.gather(*(m.round() for m in managers))
 
     async def run(self, stop: asyncio.Event, *, until_drained: bool = False) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -92,10 +115,23 @@ class Fleet:
                 except (AssertionError, RuntimeError):  # not open yet
                     continue
             c = st.counters
+            report, _ = a.pipeline.report()
             out.append(DeviceView(
                 device=a.config.device.id, uplink=a.uplink.name, connected=a.uplink.connected,
                 buffered=st.pending_readings, generated=c.get("appended.telemetry", 0),
                 sent=c.get("sent.telemetry", 0),
                 dropped=sum(v for k, v in c.items() if k.startswith("dropped.")),
+                model=_serving(a, report),
+                predicted=0 if report is None else report.windows,
             ))
         return out
+
+
+def _serving(agent: Agent, report) -> str | None:
+    """The version the device serves; after it stopped, the one its active slot holds."""
+    if report is not None:
+        return report.version
+    if agent.models is None:
+        return None
+    active = agent.models.slots.active
+    return None if active is None else active.manifest.version

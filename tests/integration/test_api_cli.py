@@ -61,3 +61,9 @@ def test_demo_json_summary_shows_nothing_lost_across_an_outage(tmp_path):
     assert summary["uplinks"] == {"nats": 3, "mqtt": 1}
     assert summary["sent"] > 0 and summary["sent"] == summary["generated"] == summary["stored"]
     assert summary["lost"] == 0 and summary["duplicates"] == 0 and summary["still_buffered"] == 0
+    # With models (the default): every device got the model through the twin before its sensors
+    # started, predicted its backfilled windows (3 minutes: at least 2 whole windows each), and a
+    # staged rollout began mid-demo without refusals.
+    assert set(summary["models"]) <= {"1.0.0", "1.1.0"} and sum(summary["models"].values()) == 4
+    assert summary["predictions_stored"] >= 4 * 2
+    assert summary["rollout"]["version"] == "1.1.0" and summary["rollout"]["state"] in ("canary", "stage", "complete")
