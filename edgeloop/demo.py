@@ -44,7 +44,6 @@ DEMO_ROLLOUT = {"model": MODEL, "version": "1.1.0", "stages": [{"percent": 25, "
 
 
 def _register_models(hub: Hub, key_path: Path) -> Path:
-    from models.condition.device_manifest import device_manifest  # noqa: F401  (the recipe mapping, hub side)
     from simulators.model_faults import V1
 
     for version in ("1.0.0", "1.1.0"):

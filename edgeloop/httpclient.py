@@ -18,18 +18,8 @@ def _auth() -> dict[str, str]:
 
 
 def get(hub: str, path: str, **params: object) -> object:
-    try:
-        r = httpx.get(f"{hub.rstrip('/')}{path}", params={k: v for k, v in params.items() if v is not None}, timeout=30)
-    except httpx.HTTPError as exc:
-        typer.echo(f"error: cannot reach the hub at {hub}: {exc}", err=True)
-        raise typer.Exit(3) from None
-    if r.status_code == 404:
-        typer.echo(f"error: {r.json().get('detail', 'not found')}", err=True)
-        raise typer.Exit(4)
-    if r.status_code >= 400:
-        typer.echo(f"error: the hub answered {r.status_code}: {r.text[:500]}", err=True)
-        raise typer.Exit(3)
-    return r.json()
+    """GET and return the answer's JSON; errors and exit codes as `post`."""
+    return _send("GET", hub, path, timeout=30, params={k: v for k, v in params.items() if v is not None})
 
 
 def post(hub: str, path: str, body: object = None, *, timeout: float = 30) -> object:

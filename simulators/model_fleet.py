@@ -125,13 +125,6 @@ class ModelFleet:
             out[None if active is None else active.manifest.version] += 1
         return out
 
-    def active_version(self, name: str) -> str | None:
-        for d in self.devices:
-            if d.name == name:
-                a = d.manager.slots.active
-                return None if a is None else a.manifest.version
-        raise KeyError(name)
-
     async def close(self) -> None:
         for d in self.devices:
             await d.manager.close()

@@ -112,7 +112,7 @@ class ModelManager:
         self.desired: Desired | None = None
         self.counters: dict[str, int] = {}
         self._refused: dict[str, dict[str, Any]] = self._read_refused()
-        self.changed = asyncio.Event()  # set after every switch (tests and the live view wait on it)
+        self.changed = asyncio.Event()  # set after every switch (bench/bench_rollout.py times switches by it)
         self.started = False
 
     # --- lifecycle -------------------------------------------------------------------------
