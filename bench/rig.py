@@ -131,11 +131,11 @@ async def agent_until_stored(config, data_dir: Path, n: int, *, timeout: float) 
 
 
 async def lake_summary(hub: Hub) -> dict[str, int]:
-    """Telemetry rows in the lake (DuckDB), rows stored twice, and Parquet files written."""
+    """Telemetry rows in the lake (DuckDB), rows stored twice, and the Parquet files of the latest version."""
     from hub.storage.query import lake_counts  # duckdb: only the benches that count the lake need it
 
     counts = await asyncio.to_thread(lake_counts, hub.store.lake)
-    counts["files"] = len(list(hub.store.lake.telemetry.glob("date=*/*.parquet")))
+    counts["files"] = len(await asyncio.to_thread(hub.store.lake.files))
     return counts
 
 

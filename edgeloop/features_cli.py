@@ -76,9 +76,10 @@ def features_show(
     typer.echo(f"  features: {', '.join(v['features'])}")
     # Narrow enough for 80 columns; each run's lake files are in --json.
     runs = [{"run_id": r["run_id"], "materialized": _when(r["materialized_us"]), "read": r["rows_read"],
-             "written": r["rows_written"], "parts": len(r["partitions"])} for r in v["lineage"]["runs"]]
-    print_rows(runs, ["run_id", "materialized", "read", "written", "parts"],
-               f"{len(runs)} run(s): readings read, windows written, date partitions")
+             "written": r["rows_written"],
+             "lake": "-" if r.get("lake_version") is None else r["lake_version"]} for r in v["lineage"]["runs"]]
+    print_rows(runs, ["run_id", "materialized", "lake", "read", "written"],
+               f"{len(runs)} run(s): lake version read, readings read, windows written (partitions: --json)")
 
 
 @features_app.command("materialize")
@@ -86,16 +87,19 @@ def features_materialize(
     name: str = typer.Argument(..., help="Feature view name; its latest registered version is materialized."),
     since_us: Optional[int] = typer.Option(None, "--since-us", help="Only windows from this event time (µs)."),
     until_us: Optional[int] = typer.Option(None, "--until-us", help="Only windows before this event time (µs)."),
+    lake_version: Optional[int] = typer.Option(
+        None, "--lake-version", help="Read the lake as it was at this Delta version (time travel); default latest."),
     hub: str = HubOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Compute the view over the lake as a new run, then refresh the online store from it."""
-    body = {"since_us": since_us, "until_us": until_us}
+    body = {"since_us": since_us, "until_us": until_us, "lake_version": lake_version}
     s = post(hub, _path(name, "materialize"), body, timeout=MATERIALIZE_TIMEOUT_S)
     if as_json:
         _echo_json(s)
         return
     online = s["online"]
-    typer.echo(f"materialized {s['name']} {s['version']} as run {s['run_id']}: {s['rows_read']} readings read, "
+    typer.echo(f"materialized {s['name']} {s['version']} as run {s['run_id']} from lake version"
+               f" {s['lake_version']}: {s['rows_read']} readings read, "
                f"{s['rows_written']} windows written, {len(s['partitions'])} partition(s)")
     typer.echo(f"online store: {online['updated']} of {online['entities']} device vector(s) updated")
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_RAW, parse_duration
 
@@ -84,12 +84,58 @@ class ControlConfig(_Model):
     controller: bool = True  # run the rollout controller in this process (one per data dir is enough)
 
 
+class LakeConfig(_Model):
+    """Upkeep of the Delta lake, run by one hub process per data dir (whichever holds its lock)."""
+
+    maintenance: bool = True
+    compact_interval: Duration = timedelta(hours=1)  # how often to look for small files
+    compact_min_files: int = Field(32, ge=2)  # compact when the latest version has at least this many
+    # Files no version younger than this references are deleted after compaction; time travel
+    # reaches back this far. Erasure needs a vacuum with 0 (see Lake.vacuum).
+    vacuum_retention: Duration = timedelta(days=7)
+
+    @field_validator("vacuum_retention")
+    @classmethod
+    def _retention(cls, value: timedelta) -> timedelta:
+        # Vacuum also deletes files not yet committed; a short retention could take those of
+        # an append in flight. An hour is far longer than any commit.
+        if value < timedelta(hours=1):
+            raise ValueError("must be at least 1h (a shorter one can delete files of an append in flight)")
+        return value
+
+
+class FeaturesConfig(_Model):
+    """The feature store's online store: "sqlite" (<data_dir>/online_features.db) or a Redis URL,
+    and the streaming path that keeps it current (hub/features/streaming.py)."""
+
+    # redis://[:password@]host:port/db or rediss://... (TLS); a password in it stays out of repr.
+    online: str = Field("sqlite", repr=False)
+
+    @field_validator("online")
+    @classmethod
+    def _online_store(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if value != "sqlite" and not (sep and scheme in ("redis", "rediss") and rest):
+            raise ValueError('must be "sqlite" or a redis:// or rediss:// URL')
+        return value
+
+    streaming: bool = True  # tail the lake and update the online store per closed window
+    stream_interval: Duration = timedelta(seconds=1)  # how often to look for new lake versions
+    # A device's window closes when its readings reach max_out_of_orderness past the window's
+    # end; rows up to allowed_lateness after that still update it; later ones are counted.
+    max_out_of_orderness: Duration = timedelta(seconds=5)
+    allowed_lateness: Duration = timedelta(minutes=10)
+    idle_timeout: Duration = timedelta(minutes=2)  # a silent device's open window closes after this
+
+
 class HubConfig(_Model):
     data_dir: Path = Path("var/hub")
     broker: BrokerConfig = BrokerConfig()
     ingest: IngestConfig = IngestConfig()
     api: ApiConfig = ApiConfig()
     control: ControlConfig = ControlConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    lake: LakeConfig = LakeConfig()
     log_level: str = "info"
 
 

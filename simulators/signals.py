@@ -277,6 +277,81 @@ class PowerSpec:
         return quantise(np.maximum(v, 0.0), self.decimals)
 
 
+@dataclass(frozen=True)
+class VibrationWaveform:
+    """Raw accelerometer samples in m/s² of a rotating machine: shaft tone, harmonics, bearing wear.
+
+    One value per tick, so the model's period is the sample interval: run it in a model of its
+    own, e.g. `SignalModel(seed, start_us, period_us=5_000, channels=(VibrationWaveform(),))` for
+    200 Hz (band energy: protocol.features, `FeatureSpec.bands`). Not in `default_channels`.
+
+    Healthy, the shaft tone at `shaft_hz` has amplitude `shaft_amplitude` and its k-th harmonic
+    (k = 2 .. `harmonics`) `shaft_amplitude * harmonic_decay**(k - 1)`. Wear follows
+    VibrationSpec's law, `w = exp(wear_rate_per_day * days_since_onset) - 1` capped at
+    `max_wear`, and shifts the energy up the spectrum: harmonic k gains
+    `shaft_amplitude * wear_gain * w * (k - 1) / (harmonics - 1)`, a bearing-defect tone at
+    `defect_order * shaft_hz` (an outer-race order, not a multiple of the shaft) grows as
+    `shaft_amplitude * wear_gain * w`, and the broadband noise as `noise * (1 + w)`. Tones have
+    per-device phases. Frequencies at or above half the sampling rate alias: keep
+    `max(harmonics, defect_order) * shaft_hz` below it (99 Hz with the defaults; 100 Hz at 200 Hz).
+    """
+
+    name: str = "vibration"
+    shaft_hz: float = 24.75  # 1485 rpm: a 4-pole motor at 50 Hz under load
+    shaft_amplitude: float = 1.0
+    harmonics: int = 4
+    harmonic_decay: float = 0.3
+    defect_order: float = 3.57
+    noise: float = 0.05
+    wear_rate_per_day: float = 0.0
+    wear_onset_days: float = 1.0
+    wear_onset_jitter_days: float = 1.0
+    wear_gain: float = 0.5
+    max_wear: float = 20.0
+    decimals: int = 4
+
+    def __post_init__(self) -> None:
+        _check_common(self, name=self.name, decimals=self.decimals, nonneg=(
+            "shaft_hz", "shaft_amplitude", "harmonic_decay", "defect_order", "noise", "wear_rate_per_day",
+            "wear_onset_days", "wear_onset_jitter_days", "wear_gain", "max_wear",
+        ))
+        _check(self.shaft_hz > 0, f"VibrationWaveform.shaft_hz is {self.shaft_hz!r}; it must be > 0.")
+        _check(
+            isinstance(self.harmonics, int) and not isinstance(self.harmonics, bool) and 1 <= self.harmonics <= 64,
+            f"VibrationWaveform.harmonics is {self.harmonics!r}; it must be an int in 1..64.",
+        )
+
+    def onset_s(self, seed: int) -> float:
+        """Seconds after the model's start at which this device's wear begins."""
+        u = device_uniform(seed, f"{self.name}.onset")
+        return (self.wear_onset_days + u * self.wear_onset_jitter_days) * DAY_S
+
+    def wear(self, frame: Frame) -> np.ndarray:
+        """The wear level `w` per tick: 0 before the onset and for a healthy machine."""
+        if self.wear_rate_per_day <= 0 or self.max_wear <= 0:
+            return np.zeros(len(frame.ticks))
+        days = np.maximum(frame.elapsed_s - self.onset_s(frame.seed), 0.0) / DAY_S
+        # Clamp the exponent where the cap is reached: exp must not overflow (warnings are errors).
+        return np.expm1(np.minimum(self.wear_rate_per_day * days, math.log1p(self.max_wear)))
+
+    def values(self, frame: Frame) -> np.ndarray:
+        w = self.wear(frame)
+        t = frame.elapsed_s
+
+        def tone(order: float, key: str) -> np.ndarray:
+            # Cycles modulo 1 before the 2π: the phase stays accurate however long the run.
+            cycles = np.mod(order * self.shaft_hz * t + frame.device_uniform(f"{self.name}.{key}"), 1.0)
+            return np.sin(2.0 * np.pi * cycles)
+
+        v = self.shaft_amplitude * tone(1.0, "phase1")
+        for k in range(2, self.harmonics + 1):
+            grow = self.wear_gain * w * (k - 1) / (self.harmonics - 1)
+            v = v + self.shaft_amplitude * (self.harmonic_decay ** (k - 1) + grow) * tone(float(k), f"phase{k}")
+        v = v + self.shaft_amplitude * self.wear_gain * w * tone(self.defect_order, "defect")
+        v = v + self.noise * (1.0 + w) * frame.normal(self.name)
+        return quantise(v, self.decimals)
+
+
 def default_channels(*, wear_rate: float = 0.0) -> tuple[ChannelSpec, ...]:
     """temperature, humidity, vibration_rms (wearing at `wear_rate` per day) and power_w."""
     return (TemperatureSpec(), HumiditySpec(), VibrationSpec(wear_rate_per_day=wear_rate), PowerSpec())

@@ -239,3 +239,167 @@ class Mosquitto:
             except OSError as exc:
                 parts.append(f"--- {path} unreadable: {exc}")
         return "\n".join(parts)
+
+
+_REDIS_SERVER_PATHS = ("/usr/bin/redis-server",)
+
+
+def redis_server_available() -> str | None:
+    """The redis-server binary's path, or None when it is not installed."""
+    for path in _REDIS_SERVER_PATHS:
+        if Path(path).is_file():
+            return path
+    return shutil.which("redis-server")
+
+
+class RedisServer:
+    """A redis-server on 127.0.0.1 with no persistence (no RDB, no AOF), stopped by pid.
+
+    Ready once it answers PING (a raw RESP exchange: tests/servers.py needs no Redis client).
+    """
+
+    def __init__(self, directory: Path, *, port: int = 0, binary: str | None = None,
+                 ready_timeout: float = 10.0) -> None:
+        self.directory = Path(directory).absolute()
+        self.host = "127.0.0.1"
+        self.port = port or free_port(self.host)
+        self._binary = binary
+        self._ready_timeout = ready_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "redis.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "redis.log"
+
+    @property
+    def output_path(self) -> Path:
+        """stdout/stderr: config errors land here, before redis-server opens its log file."""
+        return self.directory / "redis.out"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def config(self) -> str:
+        return "\n".join(
+            [
+                f"bind {self.host}",
+                f"port {self.port}",
+                "daemonize no",
+                f'dir "{self.directory}"',
+                f'logfile "{self.log_path}"',
+                'save ""',
+                "appendonly no",
+                "",
+            ]
+        )
+
+    def start(self) -> None:
+        """Start redis-server and return once it answers PING."""
+        if self.running:
+            raise RuntimeError(f"redis-server is already running as pid {self.pid}; stop it first.")
+        binary = self._binary or redis_server_available()
+        if binary is None:
+            raise FileNotFoundError(f"redis-server was not found (looked in {_REDIS_SERVER_PATHS[0]} and PATH).")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config(), encoding="utf-8")
+        offsets = {p: p.stat().st_size if p.exists() else 0 for p in (self.log_path, self.output_path)}
+        with self.output_path.open("ab") as out:
+            self._proc = subprocess.Popen(
+                [binary, str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready(offsets)
+        except BaseException:
+            self.kill()
+            raise
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL now and wait for the exit."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """stop() then start() on the same port (the data is gone: nothing is persisted)."""
+        self.stop(timeout)
+        self.start()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def ping(self, timeout: float = 0.5) -> bool:
+        """True when the server answers PING with PONG within `timeout` seconds."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def _wait_ready(self, offsets: dict[Path, int]) -> None:
+        deadline = time.monotonic() + self._ready_timeout
+        while True:
+            assert self._proc is not None
+            code = self._proc.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"redis-server exited with code {code} before it was ready:\n{self._tails(offsets)}"
+                )
+            if self.ping():
+                return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"redis-server did not answer PING on port {self.port} within "
+                    f"{self._ready_timeout}s:\n{self._tails(offsets)}"
+                )
+            time.sleep(0.02)
+
+    def _tails(self, offsets: dict[Path, int]) -> str:
+        parts = []
+        for path, offset in offsets.items():
+            try:
+                with path.open("rb") as f:
+                    f.seek(max(offset, f.seek(0, 2) - _LOG_TAIL_BYTES))
+                    parts.append(f"--- {path}\n{f.read().decode('utf-8', 'replace').strip()}")
+            except OSError as exc:
+                parts.append(f"--- {path} unreadable: {exc}")
+        return "\n".join(parts)

@@ -61,6 +61,7 @@ class MaterializeBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     since_us: int | None = None
     until_us: int | None = None
+    lake_version: int | None = None  # read the lake as of this Delta version (default: latest)
 
 
 class Label(BaseModel):
@@ -75,6 +76,7 @@ class PointInTimeBody(BaseModel):
     labels: list[Label] = Field(max_length=MAX_LABELS)
     semantics: str = "event"
     as_of_run: str | None = None
+    as_of_lake_version: int | None = None
 
 
 class DatasetLabel(BaseModel):
@@ -161,7 +163,8 @@ def router(features: Features) -> APIRouter:
     def run_materialize(name: str, body: MaterializeBody | None = None) -> dict:
         body = body or MaterializeBody()
         view = registry("get", name).view
-        summary = _call(materialize, features.data_dir, view, since_us=body.since_us, until_us=body.until_us)
+        summary = _call(materialize, features.data_dir, view, since_us=body.since_us, until_us=body.until_us,
+                        lake_version=body.lake_version)
         online = _call(features.online.update_from_run, features.data_dir, view, summary["run_id"])
         return {**summary, "online": online}
 
@@ -179,10 +182,10 @@ def router(features: Features) -> APIRouter:
         view = registry("get", name).view
         labels = [(x.tenant, x.device, x.ts_us) for x in body.labels]
         table = _call(point_in_time, features.data_dir, view, labels, semantics=body.semantics,
-                      as_of_run=body.as_of_run)
+                      as_of_run=body.as_of_run, as_of_lake_version=body.as_of_lake_version)
         rows = [{k: _finite(x) for k, x in row.items()} for row in table.to_pylist()]
         return {"name": name, "version": view.version, "semantics": body.semantics, "as_of_run": body.as_of_run,
-                "rows": rows}
+                "as_of_lake_version": body.as_of_lake_version, "rows": rows}
 
     @r.post("/v1/datasets")
     def dataset_build(body: DatasetBody) -> dict:

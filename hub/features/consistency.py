@@ -161,7 +161,7 @@ def _device_rows(
         GROUP BY tenant, device, window_start, channel
     """
     with duckdb.connect() as con:
-        got = con.execute(sql, [lake.glob, *params]).fetchall()
+        got = con.execute(sql, [lake.files(), *params]).fetchall()
     index = {c: i for i, c in enumerate(channels)}
     out: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}
     for t, d, ws, ch, value in got:

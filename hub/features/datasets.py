@@ -205,7 +205,7 @@ def _run_lineage(r: RunRecord) -> dict:
     # Partitions, not lake files: the files of each run stay in the registry (FeatureRegistry.lineage).
     return {
         "run_id": r.run_id, "materialized_us": r.materialized_us, "since_us": r.since_us, "until_us": r.until_us,
-        "rows_read": r.rows_read, "rows_written": r.rows_written,
+        "rows_read": r.rows_read, "rows_written": r.rows_written, "lake_version": r.lake_version,
         "partitions": sorted({f.partition for f in r.files}),
     }
 

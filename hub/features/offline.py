@@ -85,11 +85,14 @@ def materialize(
     since_us: int | None = None,
     until_us: int | None = None,
     now_us: int | None = None,
+    lake_version: int | None = None,
 ) -> dict[str, object]:
     """Compute `view` over the lake and commit a new run; returns the run's summary.
 
     `since_us`/`until_us` limit the readings by event time, widened to whole windows so that no
-    window is computed from part of its readings. The view is registered if it is not yet.
+    window is computed from part of its readings. `lake_version` reads the lake as it was at that
+    Delta version (time travel; default: the latest), and the run records the version it read.
+    The view is registered if it is not yet.
     """
     data_dir = Path(data_dir)
     window = view.spec.window_us
@@ -100,6 +103,9 @@ def materialize(
         since_us = since_us // window * window
     if until_us is not None:
         until_us = -(-until_us // window) * window
+    if lake_version is not None and (isinstance(lake_version, bool) or not isinstance(lake_version, int)
+                                     or lake_version < 0):
+        raise InvalidFeatureViewError(f"materialize lake_version is {lake_version!r}; it must be an int >= 0 or None.")
     if since_us is not None and until_us is not None and since_us >= until_us:
         raise InvalidFeatureViewError(
             f"materialize range [{since_us}, {until_us}) µs is empty; since_us must come before until_us."
@@ -110,7 +116,15 @@ def materialize(
 
     with FeatureRegistry(data_dir) as registry:
         registry.register(view, now_us=now_us)  # first: a conflicting view must not leave a run behind
-    rows = _read_lake(data_dir, view, since_us=since_us, until_us=until_us)
+    lake = Lake(data_dir / "lake")
+    latest = lake.version()
+    if lake_version is not None and lake_version > latest:
+        raise InvalidFeatureViewError(
+            f"materialize lake_version is {lake_version}; the lake's latest version is {latest}."
+        )
+    read_version = latest if lake_version is None else lake_version
+    rows = _read_lake(lake, view, since_us=since_us, until_us=until_us,
+                      version=read_version if read_version >= 0 else None)
     table = _compute(view, rows, materialized_us=now_us)
 
     root = view_dir(data_dir, view)
@@ -131,6 +145,7 @@ def materialize(
         record = registry.record_run(
             view, run_id=run_id, materialized_us=now_us, since_us=since_us, until_us=until_us,
             rows_read=len(rows.ts), rows_written=table.num_rows, path=final, files=rows.files,
+            lake_version=read_version if read_version >= 0 else None,
         )
     return {
         "name": view.name,
@@ -141,16 +156,18 @@ def materialize(
         "until_us": until_us,
         "rows_read": record.rows_read,
         "rows_written": record.rows_written,
+        "lake_version": record.lake_version,
         "partitions": sorted({f.partition for f in record.files}),
         "materialized_at": now_us,
     }
 
 
-def _read_lake(data_dir: Path, view: FeatureView, *, since_us: int | None, until_us: int | None) -> _Rows:
-    lake = Lake(data_dir / "lake")
+def _read_lake(lake: Lake, view: FeatureView, *, since_us: int | None, until_us: int | None,
+               version: int | None) -> _Rows:
     channels = list(view.spec.channels)
     empty = np.empty(0, np.int64)
-    if not lake.has_files():
+    files = lake.files(version)
+    if not files:
         return _Rows(np.empty(0, object), np.empty(0, object), empty, empty, np.empty(0), empty, ())
     where, params = ["kind = ?", "list_contains(?, channel)"], [view.source, channels]
     if since_us is not None:
@@ -173,11 +190,11 @@ def _read_lake(data_dir: Path, view: FeatureView, *, since_us: int | None, until
         SELECT * FROM first_arrival ORDER BY tenant, device
     """
     with duckdb.connect() as con:
-        got = con.sql(sql, params=[lake.glob, *params]).to_arrow_table()
+        got = con.sql(sql, params=[files, *params]).to_arrow_table()
         per_file = con.execute(
             f"SELECT filename, date, count(*) FROM {source} WHERE {' AND '.join(where)}"
             " GROUP BY filename, date ORDER BY filename",
-            [lake.glob, *params],
+            [files, *params],
         ).fetchall()
     index = {c: i for i, c in enumerate(channels)}
     channel = np.fromiter((index[c] for c in got.column("channel").to_pylist()), np.uint16, got.num_rows)

@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS feature_runs (
     rows_read INTEGER NOT NULL,
     rows_written INTEGER NOT NULL,
     path TEXT NOT NULL,
+    lake_version INTEGER,
     FOREIGN KEY (name, version) REFERENCES feature_views (name, version)
 );
 CREATE TABLE IF NOT EXISTS feature_run_files (
@@ -91,6 +92,7 @@ class RunRecord:
     rows_written: int
     path: Path  # the run's folder of Parquet files
     files: tuple[RunFile, ...]
+    lake_version: int | None = None  # the Delta version of the lake it read (None: before the Delta lake)
 
 
 class FeatureRegistry:
@@ -98,6 +100,9 @@ class FeatureRegistry:
         self.data_dir = Path(data_dir)
         self.db = control_db.connect(self.data_dir / control_db.FILENAME)
         self.db.executescript(_TABLES)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(feature_runs)")}
+        if "lake_version" not in columns:  # a registry from before the Delta lake: its runs have none
+            self.db.execute("ALTER TABLE feature_runs ADD COLUMN lake_version INTEGER")
 
     def close(self) -> None:
         self.db.close()
@@ -181,6 +186,7 @@ class FeatureRegistry:
         rows_written: int,
         path: Path,
         files: Sequence[RunFile],
+        lake_version: int | None = None,
     ) -> RunRecord:
         """Commit a run whose files are already in place: from here on, retrieval sees it."""
         self.get(view.name, view.version)
@@ -188,9 +194,9 @@ class FeatureRegistry:
         try:
             self.db.execute(
                 "INSERT INTO feature_runs (run_id, name, version, materialized_us, since_us, until_us,"
-                " rows_read, rows_written, path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " rows_read, rows_written, path, lake_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, view.name, view.version, materialized_us, since_us, until_us, rows_read, rows_written,
-                 str(path)),
+                 str(path), lake_version),
             )
             self.db.executemany(
                 "INSERT INTO feature_run_files VALUES (?, ?, ?, ?)",
@@ -229,6 +235,7 @@ class FeatureRegistry:
                     "until_us": r.until_us,
                     "rows_read": r.rows_read,
                     "rows_written": r.rows_written,
+                    "lake_version": r.lake_version,
                     "partitions": sorted({f.partition for f in r.files}),
                     "files": [{"file": f.file, "partition": f.partition, "rows": f.rows} for f in r.files],
                 }
@@ -245,6 +252,7 @@ class FeatureRegistry:
             materialized_us=row["materialized_us"], since_us=row["since_us"], until_us=row["until_us"],
             rows_read=row["rows_read"], rows_written=row["rows_written"], path=Path(row["path"]),
             files=tuple(RunFile(f["file"], f["partition"], f["rows"]) for f in files),
+            lake_version=row["lake_version"],
         )
 
 

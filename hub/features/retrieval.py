@@ -47,12 +47,17 @@ def point_in_time(
     *,
     semantics: str = "event",
     as_of_run: str | None = None,
+    as_of_lake_version: int | None = None,
 ) -> pa.Table:
     """Each label row with the view's features as of its ts; see the module docstring."""
     if semantics not in SEMANTICS:
         raise InvalidFeatureViewError(f"Retrieval semantics {semantics!r} is not one of {list(SEMANTICS)!r}.")
+    if as_of_run is not None and as_of_lake_version is not None:
+        raise InvalidFeatureViewError(
+            f"Retrieval got as_of_run {as_of_run!r} and as_of_lake_version {as_of_lake_version!r}; give one."
+        )
     labels = _labels(labels, view)
-    features = _snapshot(Path(data_dir), view, as_of_run)
+    features = _snapshot(Path(data_dir), view, as_of_run, as_of_lake_version)
     names = view.feature_names
     picked = ", ".join(f"f.{_quote(n)}" for n in names)
     label_cols = [c for c in labels.column_names if c not in (_ROW, "__ts")]
@@ -137,8 +142,13 @@ def _labels(labels: pa.Table | Sequence[tuple[str, str, int]], view: FeatureView
     return labels.append_column(_ROW, pa.array(range(labels.num_rows), pa.int64())).append_column("__ts", ts)
 
 
-def _snapshot(data_dir: Path, view: FeatureView, as_of_run: str | None) -> pa.Table:
-    """The view as of a run: per window, the row of the latest run up to it that computed it."""
+def _snapshot(data_dir: Path, view: FeatureView, as_of_run: str | None,
+              as_of_lake_version: int | None = None) -> pa.Table:
+    """The view as of a run: per window, the row of the latest run up to it that computed it.
+
+    As of a lake version V: only runs that read the lake at a version <= V count, and per window
+    the run that read the newest lake version wins (ties: the later run). So a run materialized
+    today from an old lake version (a backfill) never hides what a run from a newer version saw."""
     with FeatureRegistry(data_dir) as registry:
         runs = registry.runs(view.name, view.version)
         if as_of_run is not None:
@@ -149,6 +159,13 @@ def _snapshot(data_dir: Path, view: FeatureView, as_of_run: str | None) -> pa.Ta
                     f" version {view.version}."
                 )
             runs = [r for r in runs if r.seq <= at.seq]
+        elif as_of_lake_version is not None:
+            if isinstance(as_of_lake_version, bool) or not isinstance(as_of_lake_version, int) or as_of_lake_version < 0:
+                raise InvalidFeatureViewError(
+                    f"as_of_lake_version is {as_of_lake_version!r}; it must be an int >= 0."
+                )
+            runs = sorted((r for r in runs if r.lake_version is not None and r.lake_version <= as_of_lake_version),
+                          key=lambda r: (r.lake_version, r.seq))
     schema = feature_schema(view)
     if not runs:
         return schema.empty_table()
@@ -156,7 +173,7 @@ def _snapshot(data_dir: Path, view: FeatureView, as_of_run: str | None) -> pa.Ta
         return pq.read_table(runs[0].path / "part-0.parquet", columns=schema.names).cast(schema)
     files = pa.table({
         "filename": [str(r.path / "part-0.parquet") for r in runs],
-        "run_seq": pa.array([r.seq for r in runs], pa.int64()),
+        "run_rank": pa.array(range(len(runs)), pa.int64()),  # later in `runs` wins
     })
     with duckdb.connect() as con:
         con.register("runs", files)
@@ -165,7 +182,7 @@ def _snapshot(data_dir: Path, view: FeatureView, as_of_run: str | None) -> pa.Ta
             SELECT {", ".join(f'p."{c}"' for c in schema.names)}
             FROM read_parquet(?, filename = true) p JOIN runs USING (filename)
             QUALIFY row_number() OVER (
-                PARTITION BY p.tenant, p.device, p.window_start ORDER BY runs.run_seq DESC) = 1
+                PARTITION BY p.tenant, p.device, p.window_start ORDER BY runs.run_rank DESC) = 1
             """,
             params=[files.column("filename").to_pylist()],
         ).to_arrow_table()

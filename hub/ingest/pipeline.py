@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from deltalake.exceptions import DeltaError
+
 from protocol import Batch, DecodeError, InvalidTopicError, Topic, decode_batch
 
 from ..config import IngestConfig
@@ -47,6 +49,7 @@ class IngestStats:
     duplicate_batches: int = 0
     dead_letters: Counter = field(default_factory=Counter)
     storage_errors: int = 0
+    deferred_batches: int = 0
     last_commit_s: float = 0.0
 
 
@@ -75,8 +78,10 @@ class Pipeline:
                 await self._dead_letter(d, "invalid_topic", str(exc))
             except DecodeError as exc:
                 await self._dead_letter(d, exc.reason, str(exc))
-        if not good:
-            return
+        if good:
+            await self._store_and_ack(good)
+
+    async def _store_and_ack(self, good: list[tuple[Delivery, Batch]]) -> None:
         t0 = time.perf_counter()
         result = await self._commit(good)
         if result is None:
@@ -85,8 +90,21 @@ class Pipeline:
         self.stats.stored_batches += result.stored_batches
         self.stats.stored_readings += result.stored_readings
         self.stats.duplicate_batches += result.duplicate_batches
-        for d, _ in good:
-            await d.ack()
+        deferred = set(result.deferred)
+        for i, (d, _) in enumerate(good):
+            if i not in deferred:
+                await d.ack()
+        if deferred:
+            # Another hub process has these batches in flight: whichever way its commit ends, a
+            # redelivery is then a repeat (acked) or stored afresh. Never ack them here.
+            self.stats.deferred_batches += len(deferred)
+            again = [good[i] for i in sorted(deferred)]
+            if all(d.nak is not None for d, _ in again):
+                for d, _ in again:
+                    await d.nak(1.0)
+            else:  # MQTT has no nak: try those again shortly, in this task
+                await asyncio.sleep(0.5)
+                await self._store_and_ack(again)
 
     async def _commit(self, good: list[tuple[Delivery, Batch]]) -> CommitResult | None:
         """Store, or on a storage failure (disk full, I/O error) keep the process running:
@@ -97,7 +115,7 @@ class Pipeline:
         while True:
             try:
                 return await loop.run_in_executor(self._pool, self._store.commit, [b for _, b in good])
-            except (OSError, sqlite3.Error) as exc:
+            except (OSError, sqlite3.Error, DeltaError) as exc:
                 self.stats.storage_errors += 1
                 if all(d.nak is not None for d, _ in good):
                     log.error("ingest: storing %d batches failed (%s); they will be redelivered", len(good), exc)

@@ -470,5 +470,5 @@ def check_lake(
         " ORDER BY tenant, device, channel, ts, received, seq"
     )
     with duckdb.connect() as con:
-        table = con.sql(sql, params=[lake.glob, since_us, until_us]).to_arrow_table()
+        table = con.sql(sql, params=[lake.files(), since_us, until_us]).to_arrow_table()
     return check_readings(table, expectations, now_us=now_us)

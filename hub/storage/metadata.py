@@ -39,7 +39,13 @@ CREATE TABLE IF NOT EXISTS gaps (
     tenant TEXT NOT NULL, device TEXT NOT NULL, epoch INTEGER NOT NULL,
     first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, opened_us INTEGER NOT NULL,
     PRIMARY KEY (tenant, device, epoch, first_seq));
-CREATE TABLE IF NOT EXISTS lake_files (path TEXT PRIMARY KEY, rows INTEGER NOT NULL, committed_us INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS lake_writers (writer_id TEXT PRIMARY KEY, last_txn INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS lake_pending (
+    tenant TEXT NOT NULL, device TEXT NOT NULL, epoch INTEGER NOT NULL, seq INTEGER NOT NULL,
+    writer_id TEXT NOT NULL, txn INTEGER NOT NULL, kind TEXT NOT NULL, count INTEGER NOT NULL,
+    t_start_us INTEGER NOT NULL, t_end_us INTEGER NOT NULL, received_us INTEGER NOT NULL, health TEXT,
+    PRIMARY KEY (tenant, device, epoch, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS lake_pending_by_writer ON lake_pending (writer_id, txn);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at_us INTEGER NOT NULL, reason TEXT NOT NULL,
     error TEXT NOT NULL, subject TEXT NOT NULL, size INTEGER NOT NULL);

@@ -10,7 +10,7 @@ from .lake import Lake
 
 
 def _source(lake: Lake) -> str:
-    return f"read_parquet('{lake.glob}', hive_partitioning = true, union_by_name = true)"
+    return lake.duckdb_source()
 
 
 def query_telemetry(

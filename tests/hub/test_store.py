@@ -70,48 +70,93 @@ def test_partitions_follow_event_date_and_late_backlog_lands_in_its_day(tmp_path
     s = Store(tmp_path)
     day = 86_400_000_000
     s.commit([batch(1, t0=T0), batch(2, t0=T0 - 3 * day)])
-    parts = sorted(p.name for p in (tmp_path / "lake" / "telemetry").iterdir())
-    assert len(parts) == 2 and all(p.startswith("date=") for p in parts)
+    parts = sorted(p.name for p in (tmp_path / "lake" / "telemetry").glob("date=*"))
+    assert parts == ["date=2023-11-11", "date=2023-11-14"]
     rows = query_telemetry(s.lake, device="d1", channel="temperature", limit=100)
     assert len(rows) == 20 and rows[0]["ts_us"] < rows[-1]["ts_us"]
 
 
-def test_crash_before_commit_leaves_nothing_and_crash_after_commit_is_finished(tmp_path, monkeypatch):
+def test_a_crash_before_the_lake_append_leaves_nothing_and_the_redelivery_is_stored(tmp_path, monkeypatch):
     s = Store(tmp_path)
-    # 1) the process dies between staging files and COMMIT: the tmp file is an orphan
-    real_record = meta.record_batch
-
-    def die(*a, **k):
-        raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(meta, "record_batch", die)
+    # The process dies after step 1 (pending recorded) and before the Delta commit (a kill: no
+    # clean-up runs; a failure the process survives drops its pending rows, tested below).
+    monkeypatch.setattr(s.lake, "append", _die)
+    monkeypatch.setattr(s, "_drop_pending", _die)
     with pytest.raises(KeyboardInterrupt):
         s.commit([batch(1)])
-    monkeypatch.setattr(meta, "record_batch", real_record)
-    assert lake_counts(s.lake)["rows"] == 0
-    assert not list((tmp_path / "lake").rglob("*.tmp"))
-
-    # 2) the process dies after COMMIT, before the rename: recovery renames at the next start
-    monkeypatch.setattr(type(s.lake), "publish", staticmethod(lambda staged: None))
-    s.commit([batch(2)])
-    assert lake_counts(s.lake)["rows"] == 0 and list((tmp_path / "lake").rglob("*.tmp"))
-    s.close()
     monkeypatch.undo()
-    s2 = Store(tmp_path)
-    assert lake_counts(s2.lake)["rows"] == 10
-    assert s2.commit([batch(2)]).duplicate_batches == 1  # the redelivery is a repeat
-
-
-def test_orphan_tmp_from_a_dead_writer_is_discarded_on_start(tmp_path):
-    s = Store(tmp_path)
-    s.commit([batch(1)])
+    assert _pending(s) == 1  # what a dead process leaves: a pending row, no lake rows
     s.close()
-    folder = next((tmp_path / "lake" / "telemetry").iterdir())
-    orphan = folder / ".part-deadbeef.parquet.tmp"
-    orphan.write_bytes(b"half a parquet file")
     s2 = Store(tmp_path)
-    assert not orphan.exists()
-    assert lake_counts(s2.lake)["rows"] == 10
+    assert _pending(s2) == 0 and lake_counts(s2.lake)["rows"] == 0 and ledger_of(s2) == []
+    assert s2.commit([batch(1)]).stored_batches == 1  # the broker's redelivery
+    assert lake_counts(s2.lake) == {"rows": 10, "distinct": 10, "duplicate_rows": 0}
+
+
+def test_a_crash_after_the_lake_append_is_recorded_and_the_redelivery_is_a_repeat(tmp_path, monkeypatch):
+    s = Store(tmp_path)
+    # The Delta commit landed; the process dies before step 3 records the batch.
+    monkeypatch.setattr(meta, "record_batch", _die)
+    with pytest.raises(KeyboardInterrupt):
+        s.commit([batch(1), batch(2)])
+    monkeypatch.undo()
+    assert _pending(s) == 2 and lake_counts(s.lake)["rows"] == 20 and ledger_of(s) == []
+    s.close()
+    s2 = Store(tmp_path)
+    assert _pending(s2) == 0
+    (led,) = ledger_of(s2)
+    assert (led.hwm, led.batches) == (2, 2)
+    again = s2.commit([batch(1), batch(2)])
+    assert (again.stored_batches, again.duplicate_batches) == (0, 2)
+    assert lake_counts(s2.lake) == {"rows": 20, "distinct": 20, "duplicate_rows": 0}
+    assert meta.counters(s2.db)["ingest.recovered_batches"] == 2
+
+
+def test_a_batch_pending_under_a_live_writer_is_deferred_and_under_a_dead_one_is_settled(tmp_path, monkeypatch):
+    a = Store(tmp_path)
+    b = Store(tmp_path)  # a second writer on the same data_dir (its own slot)
+    assert a.writer_id != b.writer_id
+    monkeypatch.setattr(meta, "record_batch", _die)
+    with pytest.raises(KeyboardInterrupt):
+        a.commit([batch(1)])  # in the lake, still pending under a's slot
+    monkeypatch.undo()
+    got = b.commit([batch(1), batch(2)])
+    assert (got.stored_batches, got.deferred) == (1, (0,))  # a is alive: not b's to settle, not acked
+    a.close()  # a's process is gone: its slot is free
+    got = b.commit([batch(1)])
+    assert (got.stored_batches, got.duplicate_batches, got.deferred) == (0, 1, ())
+    assert lake_counts(b.lake) == {"rows": 20, "distinct": 20, "duplicate_rows": 0}
+    assert _pending(b) == 0
+
+
+def test_a_failed_append_the_process_survives_leaves_no_pending_rows(tmp_path, monkeypatch):
+    s = Store(tmp_path)
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(s.lake, "append", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        s.commit([batch(1)])
+    monkeypatch.undo()
+    assert _pending(s) == 0 and ledger_of(s) == []
+    assert s.commit([batch(1)]).stored_batches == 1
+
+
+def test_writer_slots_are_reused_after_close(tmp_path):
+    a = Store(tmp_path)
+    first = a.writer_id
+    a.close()
+    b = Store(tmp_path)
+    assert b.writer_id == first
+
+
+def _die(*a, **k):
+    raise KeyboardInterrupt("simulated crash")
+
+
+def _pending(store: Store) -> int:
+    return store.db.execute("SELECT count(*) FROM lake_pending").fetchone()[0]
 
 
 def test_predictions_are_stored_as_their_own_kind_and_queried_by_it(tmp_path):

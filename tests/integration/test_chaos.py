@@ -59,9 +59,13 @@ def _stored_readings(data_dir: Path, device: str) -> int:
     return sum(s.readings for s in ledger(data_dir, TENANT, device))
 
 
-def _staged_files(data_dir: Path) -> list[Path]:
-    """Lake files written but not yet renamed into place (hub/storage/lake.py): a kill mid-commit leaves some."""
-    return list((data_dir / "lake" / "telemetry").glob("date=*/.*.parquet.tmp"))
+def _pending_batches(data_dir: Path) -> int:
+    """Batches claimed by a commit that has not finished (hub/storage/store.py): a kill mid-commit leaves some."""
+    db = sqlite3.connect(f"file:{data_dir / 'meta.db'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT count(*) FROM lake_pending").fetchone()[0]
+    finally:
+        db.close()
 
 
 class _Received(NamedTuple):
@@ -178,7 +182,7 @@ def test_hub_sigkill_during_ingest_loses_nothing(tmp_path: Path, nats_server: Em
 
     hub, _ = start_hub_process(hub_dir, nats_url=nats_server.url, config=hub_toml)
     agent = start_agent(config, until_drained=True)
-    kills: list[tuple[float, int, int]] = []  # (planned fraction, readings stored then, staged files left)
+    kills: list[tuple[float, int, int]] = []  # (planned fraction, readings stored then, pending batches left)
     try:
         # Two kills, each at a random point of what is still to be stored.
         for lo, hi in ((0.1, 0.4), (0.5, 0.8)):
@@ -190,7 +194,7 @@ def test_hub_sigkill_during_ingest_loses_nothing(tmp_path: Path, nats_server: Em
 
             wait_until(crossed, timeout=30, interval=0.005, what=f"the hub to store {threshold} readings")
             hub.kill()
-            kills.append((threshold / total, _stored_readings(hub_dir, device), len(_staged_files(hub_dir))))
+            kills.append((threshold / total, _stored_readings(hub_dir, device), _pending_batches(hub_dir)))
             hub, _ = start_hub_process(hub_dir, nats_url=nats_server.url, config=hub_toml)
 
         assert agent.wait(timeout=30) == 0, agent.tail()
@@ -209,7 +213,7 @@ def test_hub_sigkill_during_ingest_loses_nothing(tmp_path: Path, nats_server: Em
     assert all(stored_then < total for _, stored_then, _ in kills), kills  # every kill was mid-ingest
     assert counts["distinct"] == total, counts
     assert counts["rows"] == counts["distinct"], (counts, kills)
-    assert not _staged_files(hub_dir), "recovery left staged files behind"
+    assert _pending_batches(hub_dir) == 0, "recovery left pending batches behind"
     _assert_complete_ledger(hub_dir, device)
 
 

@@ -4,6 +4,7 @@ and everything it kept reaches the hub once the broker is back."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -98,4 +99,5 @@ async def test_hub_keeps_running_on_a_full_disk_and_stores_everything_once_there
         await await_until(lambda: stored(hub_dir)["distinct"] == 40_000, timeout=60,
                           what="the hub to store everything once there is room")
         assert stored(hub_dir)["duplicate_rows"] == 0
-        assert not list(hub_dir.rglob("*.tmp"))
+        with sqlite3.connect(f"file:{hub_dir / 'meta.db'}?mode=ro", uri=True) as db:
+            assert db.execute("SELECT count(*) FROM lake_pending").fetchone()[0] == 0  # no commit left half-done

@@ -24,12 +24,12 @@ def write_predictions(data_dir: Path, rows: list[tuple[str, str, str, int, float
         pa.array(cols[2], pa.string()),
         pa.array(cols[3], pa.int64()).cast(SCHEMA.field("ts").type),
         pa.array(cols[4], pa.float64()),
-        pa.array([0] * len(rows), pa.uint32()),
-        pa.array(range(len(rows)), pa.uint64()),
+        pa.array([0] * len(rows), pa.int64()),
+        pa.array(range(len(rows)), pa.int64()),
         pa.array([t + 90 * S for t in cols[3]], pa.int64()).cast(SCHEMA.field("received").type),
     ], schema=SCHEMA)
     lake = Lake(data_dir / "lake")
-    lake.publish(lake.stage(table))
+    lake.append(table)
 
 
 def sent(device: str, window: int, mean: float | None, top: float | None) -> list[tuple]:

@@ -1,7 +1,7 @@
 """The offline store: point-in-time retrieval without leaks, late backlogs, snapshots, lineage.
 
 Data is crafted and written into a temporary lake with the lake's own writer
-(`hub.storage.lake.Lake.stage` + `publish`, SCHEMA columns), so every `received` is chosen.
+(`hub.storage.lake.Lake.append`, SCHEMA columns), so every `received` is chosen.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ SPEC = FeatureSpec(window_us=W, channels=("temp",), aggregates=(Aggregate.MEAN, 
 VIEW = FeatureView("machine_temp", SPEC, owner="condition-team", description="Temperature per minute.")
 
 
-def write_lake(data_dir: Path, rows: list[tuple[str, str, str, int, float, int]]) -> None:
-    """Publish readings (tenant, device, channel, ts_us, value, received_us) into the lake."""
+def write_lake(data_dir: Path, rows: list[tuple[str, str, str, int, float, int]]) -> int:
+    """Append readings (tenant, device, channel, ts_us, value, received_us) to the lake; its new version."""
     cols = list(zip(*rows))
     table = pa.Table.from_arrays([
         pa.array(cols[0], pa.string()),
@@ -47,12 +47,12 @@ def write_lake(data_dir: Path, rows: list[tuple[str, str, str, int, float, int]]
         pa.array(cols[2], pa.string()),
         pa.array(cols[3], pa.int64()).cast(SCHEMA.field("ts").type),
         pa.array(cols[4], pa.float64()),
-        pa.array([0] * len(rows), pa.uint32()),
-        pa.array(range(len(rows)), pa.uint64()),
+        pa.array([0] * len(rows), pa.int64()),
+        pa.array(range(len(rows)), pa.int64()),
         pa.array(cols[5], pa.int64()).cast(SCHEMA.field("received").type),
     ], schema=SCHEMA)
     lake = Lake(data_dir / "lake")
-    lake.publish(lake.stage(table))
+    return lake.append(table)
 
 
 def temp(device: str, at_s: int, value: float, *, received_us: int | None = None) -> tuple:
@@ -144,6 +144,36 @@ def test_a_late_backlog_appears_in_the_next_materialization_and_not_in_the_earli
 
     with pytest.raises(UnknownFeatureError, match="'no-such-run'"):
         point_in_time(tmp_path, VIEW, labels, as_of_run="no-such-run")
+
+
+def test_time_travel_by_lake_version_sees_a_late_backlog_only_from_the_version_it_arrived_in(tmp_path):
+    live = write_lake(tmp_path, [temp("m1", 10, 1.0), temp("m1", 70, 2.0), temp("m1", 250, 5.0)])
+    first = materialize(tmp_path, VIEW, now_us=T0 + HOUR)
+    late = T0 + 3 * HOUR  # windows 2 and 3 arrive hours late, in a later lake version
+    backlog = write_lake(tmp_path, [temp("m1", 130, 30.0, received_us=late), temp("m1", 190, 31.0, received_us=late)])
+    second = materialize(tmp_path, VIEW, now_us=late + HOUR)
+    assert (first["lake_version"], second["lake_version"]) == (live, backlog) and backlog > live
+
+    labels = [("acme", "m1", T0 + 3 * W + 1), ("acme", "m1", T0 + 5 * HOUR)]
+    before = point_in_time(tmp_path, VIEW, labels, as_of_lake_version=live)
+    after = point_in_time(tmp_path, VIEW, labels, as_of_lake_version=backlog)
+    assert column(before, "feature_event_time") == [T0 + 2 * W, T0 + 5 * W]
+    assert column(before, "temp.max") == [2.0, 5.0]  # no sign of the backlog as of the version before it
+    assert column(after, "feature_event_time") == [T0 + 3 * W, T0 + 5 * W]
+    assert column(after, "temp.max") == [30.0, 5.0]
+
+    # Materializing today from the old lake version (a backfill) reads the lake as it was then,
+    # and does not hide the backlog from retrieval as of the newer version.
+    backfill = materialize(tmp_path, VIEW, now_us=late + 2 * HOUR, lake_version=live)
+    assert (backfill["lake_version"], backfill["rows_written"]) == (live, first["rows_written"])
+    assert point_in_time(tmp_path, VIEW, labels, as_of_lake_version=backlog) == after
+    assert point_in_time(tmp_path, VIEW, labels, as_of_lake_version=live) == before
+    assert point_in_time(tmp_path, VIEW, labels, as_of_lake_version=live - 1).column("temp.max").null_count == 2
+
+    with pytest.raises(InvalidFeatureViewError, match="lake_version is 99"):
+        materialize(tmp_path, VIEW, lake_version=99)
+    with pytest.raises(InvalidFeatureViewError, match="give one"):
+        point_in_time(tmp_path, VIEW, labels, as_of_run=first["run_id"], as_of_lake_version=live)
 
 
 def test_a_run_limited_to_a_range_refreshes_only_its_windows(tmp_path):

@@ -228,7 +228,7 @@ def test_unexpected_channel_is_listed_unchecked() -> None:
 
 def test_check_lake_reads_a_window_of_the_lake(tmp_path) -> None:
     lake = Lake(tmp_path)
-    Lake.publish(lake.stage(lake_table(FAULTS["stuck"][0])))
+    lake.append(lake_table(FAULTS["stuck"][0]))
     report = check_lake(tmp_path, since_us=START, until_us=START + N * PERIOD, expectations=EXPECT,
                         now_us=now_after(lake_table(CLEAN)))
     assert failures(report) == {("sim-0001", "temperature", "stuck")}
