@@ -223,6 +223,42 @@ def online(args: argparse.Namespace, data_dir: Path, run_id: str) -> None:
          **common)
     emit("online_get_p50", ours50, "µs", reference="raw SQLite primary-key SELECT of the same row",
          reference_value=raw50, goal="context only", meets_goal=None, **common)
+    redis_online(args, data_dir, run_id, device, raw50=raw50, raw99=raw99)
+
+
+def redis_online(args: argparse.Namespace, data_dir: Path, run_id: str, device: str, *,
+                 raw50: float, raw99: float) -> None:
+    """The same gets through RedisOnlineStore against a local redis-server (when installed)."""
+    from tests.servers import RedisServer, redis_server_available
+
+    if redis_server_available() is None:
+        note("redis-server is not installed: no Redis online-store figures in this run.")
+        return
+    from hub.features.online_redis import RedisOnlineStore
+
+    server = RedisServer(data_dir / "redis")
+    (data_dir / "redis").mkdir()
+    server.start()
+    try:
+        store = RedisOnlineStore(server.url)
+        try:
+            store.update_from_run(data_dir, VIEW, run_id)
+            for _ in range(1000):
+                store.get(VIEW, "acme", device)
+            took = []
+            for _ in range(args.gets):
+                t0 = time.perf_counter_ns()
+                store.get(VIEW, "acme", device)
+                took.append(time.perf_counter_ns() - t0)
+        finally:
+            store.close()
+    finally:
+        server.stop()
+    p50, p99 = np.percentile(np.array(took) / 1e3, [50, 99])
+    emit("online_get_redis_p99", p99, "µs", reference="raw SQLite primary-key SELECT of the same row (loopback"
+         " Redis pays a network round trip the in-process SQLite does not)", reference_value=raw99,
+         goal="context: Redis is the option for several hub hosts", meets_goal=None, p50=p50, raw_p50=raw50,
+         gets=len(took))
 
 
 def main() -> None:

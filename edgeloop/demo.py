@@ -137,11 +137,20 @@ async def run_demo(
                 "still_buffered": buffered,
                 "dead_letters": sum(stats.dead_letters.values()),
                 "readings_per_s": round(counts["distinct"] / max(time.monotonic() - t0, 1e-6), 1),
+                "online_vectors": _online_vectors(hub, fleet.spec.tenant, views),
                 **(_model_summary(hub, views, rollout_id) if models else {}),
             }
         finally:
             hub_stop.set()
             await hub_task
+
+
+def _online_vectors(hub: Hub, tenant: str, views: list[DeviceView]) -> int:
+    """Devices with a `condition` vector in the online store: put there by the streaming path."""
+    if hub.features is None:
+        return 0
+    view = hub.features.registry.get("condition").view
+    return sum(hub.features.online.get(view, tenant, v.device) is not None for v in views)
 
 
 def _model_summary(hub: Hub, views: list[DeviceView], rollout_id: str | None) -> dict:

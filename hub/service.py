@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -95,6 +96,22 @@ class Hub:
                     tasks.append(asyncio.create_task(run_controller(
                         self.rollouts, self.twins, stop, tick_s=cfg.control.tick.total_seconds(),
                     ), name="rollouts"))
+                if cfg.lake.maintenance:
+                    from .storage.maintenance import run_maintenance
+
+                    tasks.append(asyncio.create_task(run_maintenance(
+                        self.store.lake, stop, interval=cfg.lake.compact_interval,
+                        compact_min_files=cfg.lake.compact_min_files, vacuum_retention=cfg.lake.vacuum_retention,
+                    ), name="lake-maintenance"))
+                if self.features is not None and cfg.features.streaming:
+                    from .features.streaming import run_feature_stream
+
+                    f = cfg.features
+                    tasks.append(asyncio.create_task(run_feature_stream(
+                        cfg.data_dir, self.features, self.store.lake, stop, interval=f.stream_interval,
+                        max_out_of_orderness=f.max_out_of_orderness, allowed_lateness=f.allowed_lateness,
+                        idle_timeout=f.idle_timeout,
+                    ), name="feature-stream"))
                 if cfg.api.enabled:
                     tasks.append(asyncio.create_task(self._serve_api(), name="api"))
                 else:
@@ -130,7 +147,7 @@ class Hub:
                                poll_interval_s=cfg.control.poll_interval.total_seconds())
         from .features import FeatureService, FeatureView
 
-        self.features = FeatureService.open(cfg.data_dir)
+        self.features = FeatureService.open(cfg.data_dir, cfg.features.online)
         # The fleet's one model today is the condition model: its windows are a view from the start
         # (registering the same version again is a no-op; a new feature code version is history).
         from models.condition.data import SPEC
@@ -138,6 +155,11 @@ class Hub:
         self.features.registry.register(FeatureView(
             "condition", SPEC, owner="models/condition",
             description="One-minute windows of vibration_rms and temperature: the condition model's inputs.",
+        ))
+        # The same channels and aggregates over ten minutes: slower trends, for retraining and drift.
+        self.features.registry.register(FeatureView(
+            "condition_10m", dataclasses.replace(SPEC, window_us=10 * SPEC.window_us), owner="models/condition",
+            description="Ten-minute windows of the condition model's channels and aggregates.",
         ))
 
     async def _supervise(self, name: str, run) -> None:

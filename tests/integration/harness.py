@@ -73,13 +73,14 @@ def agent_config(
 
 
 def hub_config(data_dir: Path, *, nats_url: str | None = None, api: bool = False, api_port: int = 0,
-               control: dict | None = None, **ingest: Any) -> HubConfig:
+               control: dict | None = None, features: dict | None = None, **ingest: Any) -> HubConfig:
     return HubConfig.model_validate({
         "data_dir": str(data_dir),
         "broker": {"url": nats_url, "embedded": {"port": 0, "mqtt_port": 0, "http_port": 0}},
         "ingest": {"ack_wait": "3s", "fetch_timeout": "200ms", **ingest},
         "api": {"enabled": api, "port": api_port},
         "control": control or {"poll_interval": "200ms", "tick": "100ms"},
+        "features": features or {"stream_interval": "200ms"},
     })
 
 

@@ -66,4 +66,5 @@ def test_demo_json_summary_shows_nothing_lost_across_an_outage(tmp_path):
     # staged rollout began mid-demo without refusals.
     assert set(summary["models"]) <= {"1.0.0", "1.1.0"} and sum(summary["models"].values()) == 4
     assert summary["predictions_stored"] >= 4 * 2
+    assert summary["online_vectors"] == 4  # the streaming path closed their backfilled windows
     assert summary["rollout"]["version"] == "1.1.0" and summary["rollout"]["state"] in ("canary", "stage", "complete")
