@@ -117,6 +117,18 @@ class HealthConfig(_Model):
     disk_path: Path | None = None  # default: the buffer's folder
 
 
+class SimulatedDrift(_Model):
+    channel: str
+    from_us: int
+    offset: float = 0.0
+    scale: float = 1.0
+
+
+class SimulatedStuck(_Model):
+    channel: str
+    from_us: int
+
+
 class SimulatedInputConfig(_Model):
     type: Literal["simulated"]
     name: str = "sim"
@@ -128,6 +140,10 @@ class SimulatedInputConfig(_Model):
     wear_rate: float = Field(0.0, ge=0.0)
     seed_base: int = 0
     clock_skew_ms: int = 0  # fault injection: this device's clock is off by this much
+    # Drills (simulators/faults.py): the world changes from from_us on (value * scale + offset),
+    # or a sensor freezes at the value it read at from_us.
+    drift: list[SimulatedDrift] = []
+    stuck: list[SimulatedStuck] = []
 
 
 class JsonlInputConfig(_Model):

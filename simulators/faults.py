@@ -50,6 +50,29 @@ def stuck(readings: Readings, channel: str, *, from_us: int) -> Readings:
     return _with_values(readings, value)
 
 
+def hold(readings: Readings, channel: str, *, from_us: int, value: float) -> Readings:
+    """From `from_us` on, `channel` reads `value`: `stuck` with the frozen value given, so a stream
+    cut into chunks freezes at the same value in every chunk (the agent's simulated input)."""
+    if not np.isfinite(value):
+        raise ValueError(f"Held value {value!r} must be finite.")
+    rows = _channel_rows(readings, channel)
+    out = readings.value.copy()
+    out[rows[readings.ts_us[rows] >= from_us]] = value
+    return _with_values(readings, out)
+
+
+def shift(readings: Readings, channel: str, *, from_us: int, offset: float = 0.0, scale: float = 1.0) -> Readings:
+    """From `from_us` on, `channel` reads `value * scale + offset`: the world changed (a hotter
+    site, a stiffer mounting), not the sensor. Data drift, where `stuck` and `spikes` are faults."""
+    if not (np.isfinite(offset) and np.isfinite(scale)):
+        raise ValueError(f"Shift offset {offset!r} and scale {scale!r} must be finite.")
+    rows = _channel_rows(readings, channel)
+    rows = rows[readings.ts_us[rows] >= from_us]
+    out = readings.value.copy()
+    out[rows] = out[rows] * scale + offset
+    return _with_values(readings, out)
+
+
 def spikes(readings: Readings, channel: str, *, every: int, magnitude: float) -> Readings:
     """Add `magnitude` to every `every`-th reading of `channel` in time order (the every-th, 2·every-th ...)."""
     if not isinstance(every, int) or every < 1:

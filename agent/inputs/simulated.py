@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from simulators.faults import clock_skew
+from simulators.faults import clock_skew, hold, shift
 from simulators.signals import device_model
 
 from ..config import SimulatedInputConfig
@@ -29,6 +29,7 @@ class SimulatedInput:
             start_us, next_tick = (s.start_us if s.start_us is not None else time.time_ns() // 1000), 0
         model = device_model(self._device, seed_base=s.seed_base, start_us=start_us, period_us=period_us, wear_rate=s.wear_rate)
         per_append = max(1, 2048 // max(1, len(model.channels)))
+        held = {f.channel: _value_at(model, f.channel, f.from_us) for f in s.stuck}
         while s.max_ticks is None or next_tick < s.max_ticks:
             if s.realtime:
                 due = (time.time_ns() // 1000 - start_us) // period_us + 1
@@ -39,6 +40,10 @@ class SimulatedInput:
             n = min(due - next_tick, per_append)  # catching up: several appends, never one huge one
             if n > 0:
                 readings = model.frame(next_tick, n)
+                for d in s.drift:
+                    readings = shift(readings, d.channel, from_us=d.from_us, offset=d.offset, scale=d.scale)
+                for f in s.stuck:
+                    readings = hold(readings, f.channel, from_us=f.from_us, value=held[f.channel])
                 if s.clock_skew_ms:
                     readings = clock_skew(readings, s.clock_skew_ms * 1000)
                 next_tick += n
@@ -47,3 +52,12 @@ class SimulatedInput:
             if s.realtime and next_tick >= due:
                 # Behind (after a restart): catch up without sleeping, as a logging sensor would.
                 await asyncio.sleep(s.emit_interval.total_seconds())
+
+
+def _value_at(model, channel: str, at_us: int) -> float:
+    """What `channel` read at the last tick before `at_us` (the value a sensor freezes at)."""
+    if channel not in model.channel_names:
+        raise ValueError(f"stuck channel {channel!r} is not one of the simulated channels {list(model.channel_names)!r}.")
+    tick = max(0, model.tick_at(at_us) - 1)
+    frame = model.frame(tick, 1)
+    return float(frame.value[frame.channel == frame.channels.index(channel)][0])

@@ -218,19 +218,24 @@ class Lake:
         from deltalake import WriterProperties
 
         with self._lock:
-            return self._latest().delete(
+            dt = self._latest()
+            metrics = dt.delete(
                 f"tenant = {_quote(tenant)} AND device = {_quote(device)}",
                 writer_properties=WriterProperties(compression="ZSTD"),
             )
+            self._sync_version(dt.version())  # an erasure must not come back after a power cut
+            return metrics
 
     def compact(self, target_size: int | None = None) -> dict[str, Any]:
         """Rewrite each partition's small files into few large ones: a new version, same rows."""
         from deltalake import WriterProperties
 
         with self._lock:
-            return self._latest().optimize.compact(
-                target_size=target_size, writer_properties=WriterProperties(compression="ZSTD"),
-            )
+            dt = self._latest()
+            metrics = dt.optimize.compact(target_size=target_size, writer_properties=WriterProperties(compression="ZSTD"))
+            dt.update_incremental()
+            self._sync_version(dt.version())
+            return metrics
 
     def vacuum(self, retention_hours: int = 168) -> list[str]:
         """Delete files no version younger than retention_hours references (0: erase now)."""
