@@ -16,6 +16,7 @@ import typer
 
 from .httpclient import DEFAULT_HUB, get
 from .tables import print_rows
+from .alerts_cli import alerts_app
 from .features_cli import features_app
 from .models_cli import keys_app, models_app
 from .rollouts_cli import rollouts_app, twin_app
@@ -38,6 +39,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(rollouts_app, name="rollouts")
 app.add_typer(twin_app, name="twin")
 app.add_typer(features_app, name="features")
+app.add_typer(alerts_app, name="alerts")
 
 HubOpt = typer.Option(DEFAULT_HUB, "--hub", help="The hub's HTTP API (or set EDGELOOP_HUB).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")

@@ -117,5 +117,13 @@ def create_app(hub: "Hub") -> FastAPI:
         from .features import router as features_router
 
         app.include_router(features_router(hub.features))
+    if getattr(hub, "labels", None) is not None:
+        from .labels import router as labels_router
+
+        app.include_router(labels_router(hub.labels))
+    if getattr(hub, "alerts", None) is not None:
+        from .alerts import router as alerts_router
+
+        app.include_router(alerts_router(hub.alerts, on_change=getattr(hub, "on_alert_change", None)))
 
     return app

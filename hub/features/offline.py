@@ -48,7 +48,7 @@ from .definitions import FeatureView
 from .errors import InvalidFeatureViewError
 from .registry import FeatureRegistry, RunFile
 
-__all__ = ["KEY_COLUMNS", "feature_schema", "materialize", "view_dir"]
+__all__ = ["KEY_COLUMNS", "compute_features", "feature_schema", "materialize", "view_dir"]
 
 KEY_COLUMNS = ("tenant", "device", "window_start", "event_time", "available_at", "materialized_at")
 
@@ -95,21 +95,7 @@ def materialize(
     The view is registered if it is not yet.
     """
     data_dir = Path(data_dir)
-    window = view.spec.window_us
-    for label, bound in (("since_us", since_us), ("until_us", until_us)):
-        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int)):
-            raise InvalidFeatureViewError(f"materialize {label} is {bound!r}; it must be an int of µs or None.")
-    if since_us is not None:
-        since_us = since_us // window * window
-    if until_us is not None:
-        until_us = -(-until_us // window) * window
-    if lake_version is not None and (isinstance(lake_version, bool) or not isinstance(lake_version, int)
-                                     or lake_version < 0):
-        raise InvalidFeatureViewError(f"materialize lake_version is {lake_version!r}; it must be an int >= 0 or None.")
-    if since_us is not None and until_us is not None and since_us >= until_us:
-        raise InvalidFeatureViewError(
-            f"materialize range [{since_us}, {until_us}) µs is empty; since_us must come before until_us."
-        )
+    since_us, until_us = _range(view, since_us, until_us, lake_version)
     now_us = time.time_ns() // 1000 if now_us is None else now_us
     # Sortable by time, unique across hub processes: run ids name folders and order listings.
     run_id = f"{now_us:017d}-{uuid.uuid4().hex[:8]}"
@@ -160,6 +146,39 @@ def materialize(
         "partitions": sorted({f.partition for f in record.files}),
         "materialized_at": now_us,
     }
+
+
+def compute_features(
+    data_dir: Path, view: FeatureView, *, since_us: int | None = None, until_us: int | None = None,
+    lake_version: int | None = None, now_us: int | None = None,
+) -> pa.Table:
+    """The rows `materialize` would write for this range (feature_schema), without recording a run:
+    for readers that want recent windows now (the drift monitor), not a snapshot to keep."""
+    since_us, until_us = _range(view, since_us, until_us, lake_version)
+    lake = Lake(Path(data_dir) / "lake")
+    rows = _read_lake(lake, view, since_us=since_us, until_us=until_us, version=lake_version)
+    return _compute(view, rows, materialized_us=time.time_ns() // 1000 if now_us is None else now_us)
+
+
+def _range(view: FeatureView, since_us: int | None, until_us: int | None,
+           lake_version: int | None) -> tuple[int | None, int | None]:
+    """Check the bounds and widen them to whole windows."""
+    window = view.spec.window_us
+    for label, bound in (("since_us", since_us), ("until_us", until_us)):
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, int)):
+            raise InvalidFeatureViewError(f"materialize {label} is {bound!r}; it must be an int of µs or None.")
+    if since_us is not None:
+        since_us = since_us // window * window
+    if until_us is not None:
+        until_us = -(-until_us // window) * window
+    if lake_version is not None and (isinstance(lake_version, bool) or not isinstance(lake_version, int)
+                                     or lake_version < 0):
+        raise InvalidFeatureViewError(f"materialize lake_version is {lake_version!r}; it must be an int >= 0 or None.")
+    if since_us is not None and until_us is not None and since_us >= until_us:
+        raise InvalidFeatureViewError(
+            f"materialize range [{since_us}, {until_us}) µs is empty; since_us must come before until_us."
+        )
+    return since_us, until_us
 
 
 def _read_lake(lake: Lake, view: FeatureView, *, since_us: int | None, until_us: int | None,

@@ -17,7 +17,7 @@ fixes that order (it hashes the spec), which is why the version is part of the k
 its readings), `updated_at` (when this store last wrote the row), plus the `run_id` it came from
 (null for rows fed by `update` directly, the streaming path's way in).
 
-Redis is NOT built. `OnlineBackend` is the contract a Redis store would implement (hash per
+`OnlineBackend` is the contract both stores implement; the Redis one is online_redis.py (hash per
 entity key, the newer-wins rule as a Lua compare-and-set on event_time); `FeatureService`
 takes any `OnlineBackend`.
 
@@ -76,6 +76,36 @@ _GET = (
 )
 
 
+def newest_rows(view: FeatureView, table: pa.Table) -> list[tuple]:
+    """Per entity, the newest row of `table` (by event_time, then available_at) as
+    (tenant, device, window_start, event_time, available_at, *features): what a store writes."""
+    missing = [c for c in feature_schema(view).names if c not in table.column_names]
+    if missing:
+        raise InvalidFeatureViewError(
+            f"Feature rows for view {view.name!r} lack columns {missing!r}; they must follow feature_schema(view)."
+        )
+    cols = ", ".join(f'"{c}"' for c in ("tenant", "device", "window_start", "event_time", "available_at",
+                                         *view.feature_names))
+    with duckdb.connect() as con:
+        con.register("rows", table)
+        return con.sql(
+            f"SELECT {cols} FROM rows QUALIFY row_number() OVER ("
+            " PARTITION BY tenant, device ORDER BY event_time DESC, available_at DESC) = 1"
+        ).fetchall()
+
+
+def run_table(data_dir: Path, view: FeatureView, run_id: str) -> pa.Table:
+    """The feature rows of a committed run of `view`; UnknownFeatureError when it is another view's."""
+    with FeatureRegistry(data_dir) as registry:
+        run = registry.run(run_id)
+    if (run.name, run.version) != (view.name, view.version):
+        raise UnknownFeatureError(
+            f"Materialization run {run_id!r} is of view {run.name!r} version {run.version},"
+            f" not of {view.name!r} version {view.version}."
+        )
+    return pq.read_table(run.path / "part-0.parquet")
+
+
 @runtime_checkable
 class OnlineBackend(Protocol):
     """What serving and materialization need from an online store (SQLite here; Redis would fit)."""
@@ -126,18 +156,7 @@ class OnlineStore:
         Returns {"rows": rows given, "entities": entities in them, "updated": vectors written}.
         """
         names = view.feature_names
-        missing = [c for c in feature_schema(view).names if c not in table.column_names]
-        if missing:
-            raise InvalidFeatureViewError(
-                f"Feature rows for view {view.name!r} lack columns {missing!r}; they must follow feature_schema(view)."
-            )
-        cols = ", ".join(f'"{c}"' for c in ("tenant", "device", "window_start", "event_time", "available_at", *names))
-        with duckdb.connect() as con:
-            con.register("rows", table)
-            latest = con.sql(
-                f"SELECT {cols} FROM rows QUALIFY row_number() OVER ("
-                " PARTITION BY tenant, device ORDER BY event_time DESC, available_at DESC) = 1"
-            ).fetchall()
+        latest = newest_rows(view, table)
         now_us = time.time_ns() // 1000 if now_us is None else now_us
         pack = struct.Struct(f"<{len(names)}d").pack
         params = [
@@ -157,15 +176,7 @@ class OnlineStore:
     def update_from_run(self, data_dir: Path, view: FeatureView, run_id: str, *,
                         now_us: int | None = None) -> dict[str, int]:
         """`update` from a committed run of `view` (its Parquet snapshot under data_dir/features)."""
-        with FeatureRegistry(data_dir) as registry:
-            run = registry.run(run_id)
-        if (run.name, run.version) != (view.name, view.version):
-            raise UnknownFeatureError(
-                f"Materialization run {run_id!r} is of view {run.name!r} version {run.version},"
-                f" not of {view.name!r} version {view.version}."
-            )
-        table = pq.read_table(run.path / "part-0.parquet")
-        return self.update(view, table, run_id=run_id, now_us=now_us)
+        return self.update(view, run_table(data_dir, view, run_id), run_id=run_id, now_us=now_us)
 
     # --- reads --------------------------------------------------------------------------------
     def get(self, view: FeatureView, tenant: str, device: str) -> dict | None:

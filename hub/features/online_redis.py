@@ -33,17 +33,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .definitions import FeatureView
-from .errors import FeatureError, InvalidFeatureViewError, UnknownFeatureError
-from .offline import feature_schema
-from .registry import FeatureRegistry
+from .errors import FeatureError, InvalidFeatureViewError
+from .online import newest_rows, run_table
 from .service import redact_url
 
 __all__ = ["REDIS_SCHEMES", "OnlineStoreUnavailableError", "RedisOnlineStore"]
@@ -146,18 +143,7 @@ class RedisOnlineStore:
         Returns {"rows": rows given, "entities": entities in them, "updated": vectors written}.
         """
         names = view.feature_names
-        missing = [c for c in feature_schema(view).names if c not in table.column_names]
-        if missing:
-            raise InvalidFeatureViewError(
-                f"Feature rows for view {view.name!r} lack columns {missing!r}; they must follow feature_schema(view)."
-            )
-        cols = ", ".join(f'"{c}"' for c in ("tenant", "device", "window_start", "event_time", "available_at", *names))
-        with duckdb.connect() as con:
-            con.register("rows", table)
-            latest = con.sql(
-                f"SELECT {cols} FROM rows QUALIFY row_number() OVER ("
-                " PARTITION BY tenant, device ORDER BY event_time DESC, available_at DESC) = 1"
-            ).fetchall()
+        latest = newest_rows(view, table)
         now_us = time.time_ns() // 1000 if now_us is None else now_us
         pack = struct.Struct(f"<{len(names)}d").pack
         run = ("1", run_id) if run_id is not None else ("0", "")
@@ -175,15 +161,7 @@ class RedisOnlineStore:
     def update_from_run(self, data_dir: Path, view: FeatureView, run_id: str, *,
                         now_us: int | None = None) -> dict[str, int]:
         """`update` from a committed run of `view` (its Parquet snapshot under data_dir/features)."""
-        with FeatureRegistry(data_dir) as registry:
-            run = registry.run(run_id)
-        if (run.name, run.version) != (view.name, view.version):
-            raise UnknownFeatureError(
-                f"Materialization run {run_id!r} is of view {run.name!r} version {run.version},"
-                f" not of {view.name!r} version {view.version}."
-            )
-        table = pq.read_table(run.path / "part-0.parquet")
-        return self.update(view, table, run_id=run_id, now_us=now_us)
+        return self.update(view, run_table(data_dir, view, run_id), run_id=run_id, now_us=now_us)
 
     # --- reads --------------------------------------------------------------------------------
     def get(self, view: FeatureView, tenant: str, device: str) -> dict | None:

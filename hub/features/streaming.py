@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 
 from hub.storage.lake import Lake
-from hub.storage.maintenance import try_lock
+from hub.storage.store import try_lock
 from hub.streaming import FeatureAggregate, StreamOutput, StreamProcessor, feature_windows
 from protocol import Readings
 

@@ -14,15 +14,14 @@ released when it dies) does the upkeep, the others skip it.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import time
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from .lake import Lake
+from .store import try_lock
 
 log = logging.getLogger("edgeloop.hub.maintenance")
 
@@ -41,18 +40,6 @@ def maintain(lake: Lake, *, compact_min_files: int, vacuum_retention: timedelta)
     out["files_after"] = len(lake.files())
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
-
-
-def try_lock(path: Path) -> int | None:
-    """An exclusive flock on `path`, or None when another process holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
 
 
 async def run_maintenance(lake: Lake, stop: asyncio.Event, *, interval: timedelta, compact_min_files: int,

@@ -62,7 +62,7 @@ class WriterSlot:
         self.directory.mkdir(parents=True, exist_ok=True)
         n = 0
         while True:
-            fd = _try_lock(self.directory / f"w{n}.lock")
+            fd = try_lock(self.directory / f"w{n}.lock")
             if fd is not None:
                 self._fd: int | None = fd
                 self.writer_id = f"hub-w{n}"
@@ -75,7 +75,7 @@ class WriterSlot:
             return False
         if not writer_id.startswith("hub-w"):
             return False  # not a slot (the legacy import): nobody holds it
-        fd = _try_lock(self.directory / f"w{writer_id[5:]}.lock")
+        fd = try_lock(self.directory / f"w{writer_id[5:]}.lock")
         if fd is None:
             return True
         os.close(fd)
@@ -87,7 +87,10 @@ class WriterSlot:
             self._fd = None
 
 
-def _try_lock(path: Path) -> int | None:
+def try_lock(path: Path) -> int | None:
+    """An exclusive flock on `path` (created if missing), or None when another holder has it.
+    The kernel releases it when the process dies; close the fd to release it before."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

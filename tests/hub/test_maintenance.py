@@ -6,7 +6,8 @@ import os
 from datetime import timedelta
 
 from hub.storage.lake import Lake
-from hub.storage.maintenance import maintain, try_lock
+from hub.storage.maintenance import maintain
+from hub.storage.store import try_lock
 from tests.hub.test_lake import T0, keys, rows
 
 

@@ -303,3 +303,15 @@ def test_a_feature_view_names_its_bad_value():
     with pytest.raises(InvalidFeatureViewError, match="owner ''"):
         FeatureView("ok", SPEC, owner="")
     assert VIEW.version == SPEC.version and VIEW.entity == ("tenant", "device")
+
+
+def test_compute_features_gives_the_rows_materialize_writes_without_recording_a_run(tmp_path):
+    from hub.features.offline import compute_features
+
+    write_lake(tmp_path, [temp("m1", 10, 1.0), temp("m1", 70, 2.0), temp("m2", 130, 3.0)])
+    got = compute_features(tmp_path, VIEW, since_us=T0 + W, now_us=T0 + HOUR)
+    run = materialize(tmp_path, VIEW, since_us=T0 + W, now_us=T0 + HOUR)
+    assert got == pq.read_table(Path(run["path"]) / "part-0.parquet")
+    assert column(got, "window_start") == [T0 + W, T0 + 2 * W]
+    with FeatureRegistry(tmp_path) as registry:
+        assert len(registry.runs(VIEW.name, VIEW.version)) == 1  # only materialize's
