@@ -117,6 +117,10 @@ def create_app(hub: "Hub") -> FastAPI:
         from .features import router as features_router
 
         app.include_router(features_router(hub.features))
+    if getattr(hub, "pipelines", None) is not None:
+        from .pipelines import router as pipelines_router
+
+        app.include_router(pipelines_router(hub.pipelines))
     if getattr(hub, "labels", None) is not None:
         from .labels import router as labels_router
 
