@@ -74,9 +74,9 @@ def main() -> int:
         print(f"No benchmark in {HERE} matches {args.only}.", file=sys.stderr)
         return 2
     failed, missed = [], []
-    # Benchmarks that measure a slow peer at full size need longer (bench_feast: Feast's Dask store
-    # takes ~4 min at 1M rows); --timeout raises every limit, never lowers these.
-    longer = {"bench_feast.py": 900.0}
+    # Benchmarks that measure a slow peer at full size need longer (Feast's Dask store and Evidently
+    # each take 4-6 min at 1M rows); --timeout raises every limit, never lowers these.
+    longer = {"bench_feast.py": 900.0, "bench_drift_evidently.py": 900.0}
     for bench in benches:
         print(f"[run_all] {bench.name} ...", file=sys.stderr, flush=True)
         started = time.monotonic()

@@ -17,9 +17,11 @@ import typer
 from .httpclient import DEFAULT_HUB, get
 from .tables import print_rows
 from .alerts_cli import alerts_app
+from .drift_cli import drift_app
 from .features_cli import features_app
 from .models_cli import keys_app, models_app
 from .pipelines_cli import pipelines_app
+from .quality_cli import quality_app
 from .rollouts_cli import rollouts_app, twin_app
 
 app = typer.Typer(help="edgeloop: edge-to-cloud IoT runtime.", no_args_is_help=True, add_completion=False)
@@ -42,6 +44,8 @@ app.add_typer(twin_app, name="twin")
 app.add_typer(features_app, name="features")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(pipelines_app, name="pipelines")
+app.add_typer(quality_app, name="quality")
+app.add_typer(drift_app, name="drift")
 
 HubOpt = typer.Option(DEFAULT_HUB, "--hub", help="The hub's HTTP API (or set EDGELOOP_HUB).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")

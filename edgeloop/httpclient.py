@@ -22,6 +22,11 @@ def get(hub: str, path: str, **params: object) -> object:
     return _send("GET", hub, path, timeout=30, params={k: v for k, v in params.items() if v is not None})
 
 
+def get_bytes(hub: str, path: str, *, timeout: float = 60) -> bytes:
+    """GET and return the raw body (report files); errors and exit codes as `post`."""
+    return _send("GET", hub, path, timeout=timeout, raw=True)  # type: ignore[return-value]
+
+
 def post(hub: str, path: str, body: object = None, *, timeout: float = 30) -> object:
     """POST JSON and return the answer's JSON. Exit codes: 3 hub unreachable or failing (5xx),
     4 not found (404), 5 the hub refused the request (other 4xx), with the hub's sentence."""
@@ -34,7 +39,7 @@ def put(hub: str, path: str, content: object, *, timeout: float = 300) -> object
                  headers={"content-type": "application/octet-stream"})
 
 
-def _send(method: str, hub: str, path: str, *, timeout: float, **kwargs: object) -> object:
+def _send(method: str, hub: str, path: str, *, timeout: float, raw: bool = False, **kwargs: object) -> object:
     try:
         headers = {**_auth(), **kwargs.pop("headers", {})}  # type: ignore[dict-item]
         r = httpx.request(method, f"{hub.rstrip('/')}{path}", timeout=timeout, headers=headers, **kwargs)  # type: ignore[arg-type]
@@ -50,7 +55,7 @@ def _send(method: str, hub: str, path: str, *, timeout: float, **kwargs: object)
     if r.status_code >= 400:
         typer.echo(f"error: the hub answered {r.status_code}: {r.text[:500]}", err=True)
         raise typer.Exit(3)
-    return r.json()
+    return r.content if raw else r.json()
 
 
 def _detail(r: httpx.Response) -> str:

@@ -128,6 +128,40 @@ class FeaturesConfig(_Model):
     idle_timeout: Duration = timedelta(minutes=2)  # a silent device's open window closes after this
 
 
+class LoopConfig(_Model):
+    """The closed loop (hub/loop.py): quality and drift per cohort, drift-triggered retraining."""
+
+    enabled: bool = True
+    interval: Duration = timedelta(minutes=5)  # one round every interval; 0 = only on request
+    cohort_tag: str = "site"  # devices are judged per value of this twin tag (site=north, ...)
+    lookback: Duration = timedelta(minutes=30)  # the current sample: this much event time of windows
+    grace: Duration = timedelta(minutes=1)  # the newest stretch may still be arriving: left out
+    consecutive: int = Field(3, ge=1)  # checks over threshold in a row before one retraining
+    cooldown: Duration = timedelta(hours=24)  # after a trigger, no new one for the cohort before this
+    min_windows: int = Field(30, ge=1)  # clean current windows a verdict needs
+    # Share of drifted features that is data drift: Evidently's 0.5. Window features of slow signals
+    # (temperature's daily cycle) are autocorrelated, and two-sample tests flag a quarter to 40 % of
+    # them between two healthy hours of one cohort (measured in docs/loop.md).
+    min_share: float = Field(0.5, gt=0, le=1)
+    baseline: Duration = timedelta(hours=24)  # a recipe version's cohort baseline (hub/loop.py)
+    require_approval: bool = False  # the retraining run waits for `edgeloop pipelines approve`
+    metric: str = "accuracy"  # the candidate must beat the champion on it, on the cohort's holdout
+    min_improvement: float = Field(0.01, ge=0, lt=1)
+    replay: bool = True  # train on the champion's reference too, so no class is forgotten
+    rollout: dict = {"stages": [{"percent": 25, "bake_s": 600}, {"percent": 100, "bake_s": 600}]}
+    pipeline_tick: Duration = timedelta(seconds=5)  # how often the worker looks for runs to execute
+
+
+class AlertsConfig(_Model):
+    """Anomaly alerts (hub/alerts/): detectors on the streaming path, NATS subject alerts.<tenant>.<device>."""
+
+    enabled: bool = True
+    max_new_per_device: int = Field(10, ge=1)  # new alerts per device per rate_interval; more are counted
+    rate_interval: Duration = timedelta(hours=1)
+    update_interval: Duration = timedelta(minutes=5)  # an open alert's updates are published at most this often
+    webhook: str | None = Field(None, repr=False)  # http(s) URL; alert events are POSTed there too
+
+
 class HubConfig(_Model):
     data_dir: Path = Path("var/hub")
     broker: BrokerConfig = BrokerConfig()
@@ -136,6 +170,8 @@ class HubConfig(_Model):
     control: ControlConfig = ControlConfig()
     features: FeaturesConfig = FeaturesConfig()
     lake: LakeConfig = LakeConfig()
+    loop: LoopConfig = LoopConfig()
+    alerts: AlertsConfig = AlertsConfig()
     log_level: str = "info"
 
 

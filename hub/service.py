@@ -40,7 +40,16 @@ class Hub:
         self.registry = None
         self.rollouts = None
         self.twins = None
-        self.features = None  # issue 4 groundwork: feature views, offline and online stores
+        self.features = None  # feature views, offline and online stores
+        # The closed loop (built with the control plane): labels, alerts, drift, retraining runs.
+        self.labels = None
+        self.alerts = None
+        self.drift = None
+        self.pipelines = None
+        self.loop = None
+        self.alert_feed = None
+        self.alert_publisher = None
+        self.on_alert_change = None
 
     def _embedded(self) -> EmbeddedNats:
         e = self.config.broker.embedded
@@ -110,8 +119,15 @@ class Hub:
                     tasks.append(asyncio.create_task(run_feature_stream(
                         cfg.data_dir, self.features, self.store.lake, stop, interval=f.stream_interval,
                         max_out_of_orderness=f.max_out_of_orderness, allowed_lateness=f.allowed_lateness,
-                        idle_timeout=f.idle_timeout,
+                        idle_timeout=f.idle_timeout, sinks=self._alert_sinks(nc, stop, tasks),
                     ), name="feature-stream"))
+                if self.loop is not None and cfg.loop.enabled:
+                    from .pipelines import run_worker
+
+                    tasks.append(asyncio.create_task(run_worker(
+                        self.pipelines, stop, tick_s=cfg.loop.pipeline_tick.total_seconds()), name="pipelines"))
+                    if cfg.loop.interval.total_seconds() > 0:
+                        tasks.append(asyncio.create_task(self._run_loop(stop), name="loop"))
                 if cfg.api.enabled:
                     tasks.append(asyncio.create_task(self._serve_api(), name="api"))
                 else:
@@ -127,7 +143,8 @@ class Hub:
                     log.debug("hub: close: %s", exc)
             if self.pipeline is not None:
                 self.pipeline.close()
-            for part in (self.twins, self.rollouts, self.registry, self.features):
+            for part in (self.loop, self.drift, self.pipelines, self.alerts, self.labels,
+                         self.twins, self.rollouts, self.registry, self.features):
                 if part is not None:
                     part.close()
             if self.store is not None:
@@ -161,6 +178,70 @@ class Hub:
             "condition_10m", dataclasses.replace(SPEC, window_us=10 * SPEC.window_us), owner="models/condition",
             description="Ten-minute windows of the condition model's channels and aggregates.",
         ))
+        self._open_loop()
+
+    def _open_loop(self) -> None:
+        from .alerts import AlertStore, RateLimit
+        from .drift import DriftMonitor, DriftPolicy
+        from .labels import LabelStore
+        from .loop import ClosedLoop, LoopSettings, labels_hook
+        from .pipelines import PipelineRunner, RetrainDeps, retrain_pipeline
+
+        cfg = self.config
+        lc = cfg.loop
+        self.labels = LabelStore(cfg.data_dir)
+        self.alerts = AlertStore(cfg.data_dir / "alerts.db", rate_limit=RateLimit(
+            max_new=cfg.alerts.max_new_per_device, interval_us=_us(cfg.alerts.rate_interval)))
+        self.pipelines = PipelineRunner(cfg.data_dir, [retrain_pipeline(RetrainDeps(
+            cfg.data_dir, self.registry, self.rollouts, labels_hook(self.labels, self.twins)))])
+        recovered = self.pipelines.recover()
+        if recovered:
+            log.warning("hub: retraining runs %s were cut short by the last stop; resume them with"
+                        " `edgeloop pipelines resume`", recovered)
+        self.drift = DriftMonitor(cfg.data_dir, policy=DriftPolicy(
+            consecutive=lc.consecutive, cooldown=lc.cooldown, min_windows=lc.min_windows, min_share=lc.min_share))
+        self.loop = ClosedLoop(cfg.data_dir, registry=self.registry, twins=self.twins, runner=self.pipelines,
+                               labels=self.labels, monitor=self.drift, settings=LoopSettings(
+                                   cohort_tag=lc.cohort_tag, lookback=lc.lookback, grace=lc.grace,
+                                   baseline=lc.baseline,
+                                   retrain={"require_approval": lc.require_approval, "metric": lc.metric,
+                                            "min_improvement": lc.min_improvement, "replay": lc.replay,
+                                            "rollout": dict(lc.rollout)}))
+
+    def _alert_sinks(self, nc, stop: asyncio.Event, tasks: list) -> list:
+        """The stream's alert feed, and the task that publishes its events (none when alerts are off)."""
+        if self.alerts is None or not self.config.alerts.enabled:
+            return []
+        from models.condition.data import CLASSES
+
+        from .alerts import AlertPublisher, WebhookConfig
+        from .alerts.feed import AlertFeed, publish_events, put_event
+
+        a = self.config.alerts
+        queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
+        publisher = AlertPublisher(nc, update_interval_us=_us(a.update_interval),
+                                   webhook=None if a.webhook is None else WebhookConfig(a.webhook))
+        self.alert_publisher = publisher
+        tasks.append(asyncio.create_task(publish_events(queue, publisher, stop), name="alert-events"))
+        loop = asyncio.get_running_loop()
+        self.alert_feed = AlertFeed(self.alerts, view_name="condition", classes=CLASSES, loop=loop, queue=queue)
+        # The API's ack/resolve (in its threadpool) publish through the same queue.
+        self.on_alert_change = lambda event: loop.call_soon_threadsafe(put_event, queue, event)
+        return [self.alert_feed]
+
+    async def _run_loop(self, stop: asyncio.Event) -> None:
+        """A closed-loop round every `[loop] interval`; a failed round is logged, the next one runs."""
+        interval = self.config.loop.interval.total_seconds()
+        while True:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await asyncio.to_thread(self.loop.tick)
+            except Exception:  # noqa: BLE001 - a round must not stop ingest; the next one tries again
+                log.exception("hub: closed-loop round failed")
 
     async def _supervise(self, name: str, run) -> None:
         """Keep an ingest source running: a crash is counted, logged and restarted with backoff."""
@@ -203,6 +284,10 @@ class Hub:
             server.should_exit = True  # uvicorn's own shutdown closes its sockets
             if not task.done():
                 await asyncio.wait_for(task, timeout=5)
+
+
+def _us(d) -> int:
+    return int(d.total_seconds() * 1_000_000)
 
 
 async def _first_of(*aws) -> None:

@@ -117,10 +117,21 @@ def create_app(hub: "Hub") -> FastAPI:
         from .features import router as features_router
 
         app.include_router(features_router(hub.features))
+    if getattr(hub, "drift", None) is not None:
+        from .drift import router as drift_router
+
+        app.include_router(drift_router(hub.drift))
     if getattr(hub, "pipelines", None) is not None:
         from .pipelines import router as pipelines_router
 
         app.include_router(pipelines_router(hub.pipelines))
+    if getattr(hub, "loop", None) is not None:
+        @app.get("/v1/quality")
+        def quality() -> dict:
+            """The latest closed-loop round's data quality: per device its health score and failing
+            checks, and the flagged (quarantined, never deleted) row ranges."""
+            return hub.loop.quality_report()
+
     if getattr(hub, "labels", None) is not None:
         from .labels import router as labels_router
 

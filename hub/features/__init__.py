@@ -15,7 +15,7 @@ Errors are FeatureError subclasses (errors.py).
 from .datasets import DatasetIntegrityError, build_dataset, get_dataset, list_datasets, load_dataset
 from .definitions import ENTITY, FeatureView
 from .errors import FeatureConflictError, FeatureError, InvalidFeatureViewError, UnknownFeatureError
-from .offline import feature_schema, materialize, view_dir
+from .offline import compute_features, feature_schema, materialize, view_dir
 from .online import OnlineBackend, OnlineStore
 from .registry import FeatureRegistry, RegisteredView, RunFile, RunRecord
 from .retrieval import SEMANTICS, point_in_time
@@ -25,6 +25,6 @@ __all__ = [
     "ENTITY", "SEMANTICS", "DatasetIntegrityError", "FeatureConflictError", "FeatureError", "FeatureRegistry",
     "FeatureService", "FeatureView", "InvalidFeatureViewError", "OnlineBackend", "OnlineStore", "RegisteredView", "RunFile", "RunRecord",
     "UnknownFeatureError",
-    "build_dataset", "feature_schema", "get_dataset", "list_datasets", "load_dataset", "materialize", "point_in_time",
+    "build_dataset", "compute_features", "feature_schema", "get_dataset", "list_datasets", "load_dataset", "materialize", "point_in_time",
     "view_dir",
 ]

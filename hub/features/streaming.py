@@ -34,6 +34,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -66,13 +67,17 @@ class _ViewStream:
 
 class FeatureStream:
     def __init__(self, data_dir: Path, service: FeatureService, lake: Lake, *, max_out_of_orderness_us: int,
-                 allowed_lateness_us: int, idle_timeout_us: int | None) -> None:
+                 allowed_lateness_us: int, idle_timeout_us: int | None, sinks: Sequence[Any] = ()) -> None:
         self.data_dir = Path(data_dir)
         self.service = service
         self.lake = lake
         self._params = dict(max_out_of_orderness_us=max_out_of_orderness_us,
                             allowed_lateness_us=allowed_lateness_us, idle_timeout_us=idle_timeout_us)
         self._streams: dict[str, _ViewStream] = {}
+        # Also told what the stream sees: windows(view, rows) per fired batch, change(files) per lake
+        # version, step_done() after each step's checkpoint (the alert feed, hub/alerts/feed.py).
+        self.sinks = tuple(sinks)
+        self._sink_position: int | None = None
         self.counters = {"versions": 0, "rows": 0, "windows": 0, "updates": 0, "empty_windows": 0, "written": 0}
 
     def close(self) -> None:
@@ -112,6 +117,7 @@ class FeatureStream:
         """Consume every lake version appended since the last step, for every view; checkpoint."""
         now_us = time.time_ns() // 1000 if now_us is None else now_us
         done = {"versions": 0, "windows": 0}
+        seen_until = min((s.position for s in self._streams.values()), default=None)
         for view in self._views():
             s = self._stream(view)
             changes = self.lake.changes(s.position)
@@ -126,6 +132,14 @@ class FeatureStream:
             s.proc.checkpoint(s.position)
             done["versions"] += len(changes)
             self.counters["versions"] += len(changes)
+        if self.sinks:  # predictions of the versions not yet shown to the sinks
+            for change in self.lake.changes(self._sink_position if self._sink_position is not None
+                                            else (seen_until if seen_until is not None else self.lake.version())):
+                for sink in self.sinks:
+                    sink.change(change.files)
+                self._sink_position = change.version
+            for sink in self.sinks:
+                sink.step_done()
         return done
 
     def _read(self, files: tuple[str, ...], view: FeatureView) -> tuple[Readings, list[tuple[str, str]], np.ndarray]:
@@ -169,11 +183,16 @@ class FeatureStream:
             cols[name] = matrix[:, j]
         table = pa.Table.from_pydict(cols, schema=schema)
         self.counters["written"] += self.service.online.update(view, table, now_us=now_us)["updated"]
+        fired = [i for i, w in enumerate(rows) if not w.update]
+        if self.sinks and fired:
+            first = table.take(pa.array(fired))
+            for sink in self.sinks:
+                sink.windows(view, first)
 
 
 async def run_feature_stream(data_dir: Path, service: FeatureService, lake: Lake, stop: asyncio.Event, *,
                              interval: timedelta, max_out_of_orderness: timedelta, allowed_lateness: timedelta,
-                             idle_timeout: timedelta) -> None:
+                             idle_timeout: timedelta, sinks: Sequence[Any] = ()) -> None:
     """Poll the lake every `interval` while this process holds `<data_dir>/streaming.lock`."""
     fd: int | None = None
     stream: FeatureStream | None = None
@@ -186,7 +205,7 @@ async def run_feature_stream(data_dir: Path, service: FeatureService, lake: Lake
                     stream = FeatureStream(
                         data_dir, service, lake,
                         max_out_of_orderness_us=_us(max_out_of_orderness),
-                        allowed_lateness_us=_us(allowed_lateness), idle_timeout_us=_us(idle_timeout),
+                        allowed_lateness_us=_us(allowed_lateness), idle_timeout_us=_us(idle_timeout), sinks=sinks,
                     )
                 try:
                     await asyncio.to_thread(stream.step)

@@ -51,6 +51,7 @@ CALIBRATION_ROWS = 300  # at most this many train rows calibrate int8 (the recip
 SELF_TEST_PER_CLASS = 2
 TOLERANCE = {FP32: 1e-5, INT8: 0.02}  # the recipe's (models/condition/train.py), for the same reasons
 
+REPLAYED = "replayed"  # a drift reference column: rows replayed from the champion, not the cohort's own
 LabelsHook = Callable[["Trigger"], tuple[pa.Table, str]]
 """(tenant, device, ts_us, label) rows for the trigger's cohort, and a sentence saying where they came from."""
 
@@ -101,11 +102,15 @@ class Trigger:
 
 def retrain_params(trigger: Trigger, *, holdout_fraction: float = 0.25, min_improvement: float = 0.01,
                    metric: str = "macro_f1", seed: int = 0, hidden: int = 16, steps: int = 1500,
-                   require_approval: bool = False, semantics: str = "event",
-                   rollout: Mapping[str, Any] | None = None) -> dict:
+                   require_approval: bool = False, semantics: str = "event", replay: bool = False,
+                   replay_ratio: float = 1.0, rollout: Mapping[str, Any] | None = None) -> dict:
     """A run's params, checked. `rollout`: RolloutPlan fields other than model, version and cohort.
 
     `hidden`, `steps`: the MLP's width and Adam steps, the recipe's by default (TrainConfig).
+
+    `replay`: train on the champion's drift reference (its own training windows, with labels)
+    as well as the new labels, so classes the cohort's labels lack are not forgotten; a random
+    `replay_ratio` x as many rows as the new labels gave (seeded), not all of them.
 
     `semantics="event"`: a label says what a window *was*, so it joins the window its readings
     made, however late they reached the hub ("arrival" would drop late windows from training).
@@ -118,6 +123,8 @@ def retrain_params(trigger: Trigger, *, holdout_fraction: float = 0.25, min_impr
         raise PipelineDefinitionError(f"metric {metric!r} is not one of {METRICS!r}.")
     if not 0 <= min_improvement < 1:
         raise PipelineDefinitionError(f"min_improvement {min_improvement!r} must be from 0 to 1.")
+    if isinstance(replay_ratio, bool) or not isinstance(replay_ratio, (int, float)) or not 0 <= replay_ratio <= 100:
+        raise PipelineDefinitionError(f"replay_ratio {replay_ratio!r} must be a number from 0 to 100.")
     if semantics not in ("event", "arrival"):
         raise PipelineDefinitionError(f"semantics {semantics!r} is not 'event' or 'arrival'.")
     for name, value in (("seed", seed), ("hidden", hidden), ("steps", steps)):
@@ -131,7 +138,9 @@ def retrain_params(trigger: Trigger, *, holdout_fraction: float = 0.25, min_impr
         raise PipelineDefinitionError(f"The rollout params are not a plan: {exc}") from exc
     return {"trigger": trigger.to_dict(), "holdout_fraction": holdout_fraction, "min_improvement": min_improvement,
             "metric": metric, "seed": seed, "hidden": hidden, "steps": steps,
-            "require_approval": bool(require_approval), "semantics": semantics, "rollout": plan}
+            "require_approval": bool(require_approval), "semantics": semantics, "replay": bool(replay),
+            "replay_ratio": float(replay_ratio),
+            "rollout": plan}
 
 
 def start_retraining(runner: Any, trigger: Trigger, **params: Any) -> str:
@@ -156,7 +165,7 @@ def retrain_pipeline(deps: RetrainDeps) -> Pipeline:
         Step("train", s.train, deps=("dataset",)),
         Step("evaluate", s.evaluate, deps=("dataset", "train")),
         Step("quantize", s.quantize, deps=("dataset", "train", "evaluate")),
-        Step("register", s.register, deps=("dataset", "evaluate", "quantize"), retries=2),
+        Step("register", s.register, deps=("dataset", "train", "evaluate", "quantize"), retries=2),
         Step("sign", s.sign, deps=("register",), retries=1),
         Step("approval", approval=True, deps=("sign",), when=lambda p: bool(p["require_approval"])),
         Step("rollout", s.rollout, deps=("evaluate", "sign", "approval")),
@@ -170,15 +179,22 @@ class _Steps:
     def dataset(self, ctx: StepContext, inputs: dict) -> dict:
         from models.condition.data import SPEC
 
-        from ..features import FeatureRegistry, build_dataset
+        from ..features import FeatureRegistry, build_dataset, materialize
 
         trigger = Trigger.from_dict(ctx.params["trigger"])
         labels, source = self.deps.labels(trigger)
+        if labels.num_rows == 0:
+            raise StepError(f"No labels for cohort {trigger.cohort!r}: {source}. Post them to /v1/labels, then resume.")
         with FeatureRegistry(self.deps.data_dir) as features:
             view = features.get(VIEW).view
             if view.version != SPEC.version:
                 raise StepError(f"Feature view {VIEW!r} is at version {view.version}, but the {MODEL} recipe's "
                                 f"feature spec is {SPEC.version}; register the recipe's view first.")
+        # A fresh run over the labels' span, so windows that arrived since the last run count too.
+        ts = labels.column("ts_us").to_numpy()
+        run = materialize(self.deps.data_dir, view, since_us=int(ts.min()) - view.spec.window_us,
+                          until_us=int(ts.max()) + 1)
+        with FeatureRegistry(self.deps.data_dir) as features:
             record = build_dataset(self.deps.data_dir, view, labels, name=f"{MODEL}-retrain",
                                    semantics=ctx.params["semantics"], label_source=source, registry=features)
         table = _table(self.deps.data_dir, record["name"], record["version"])
@@ -195,6 +211,8 @@ class _Steps:
             "rows": {"train": int((~mask).sum()), "holdout": int(mask.sum()),
                      "dropped_null_features": int(record["label_rows"] - len(y))},
             "classes": {split: {_classes()[c]: n for c, n in sorted(cnt.items())} for split, cnt in counts.items()},
+            "materialized": {"run_id": run["run_id"], "lake_version": run["lake_version"],
+                             "rows_written": run["rows_written"]},
             "holdout_devices": sorted(holdout),
             "train_devices": len(set(devices) - holdout),
         }
@@ -203,6 +221,19 @@ class _Steps:
         from models.condition.mlp import TrainConfig, scores, train
 
         x, y, _, _ = _split(self.deps.data_dir, inputs["dataset"])
+        replayed = 0
+        if ctx.params["replay"]:
+            # The champion's own training windows go in too, so the new model keeps what the old one
+            # knew (classes the cohort's new labels lack) while it learns the cohort's new normal.
+            trigger = Trigger.from_dict(ctx.params["trigger"])
+            champion = self.deps.registry.alias_for(MODEL, "champion", parse_cohort(trigger.cohort))
+            if champion is not None:
+                rx, ry = _reference_rows(self.deps.data_dir, self.deps.registry, champion)
+                # At most replay_ratio x the cohort's rows, so the new labels are not outvoted by
+                # old windows that look the same (a mild wear window of old = the cohort's new normal).
+                take = min(len(ry), int(round(ctx.params["replay_ratio"] * len(y))))
+                pick = np.sort(np.random.default_rng(ctx.params["seed"]).choice(len(ry), take, replace=False))
+                x, y, replayed = np.concatenate([x, rx[pick]]), np.concatenate([y, ry[pick]]), take
         config = TrainConfig(hidden=ctx.params["hidden"], steps=ctx.params["steps"], seed=ctx.params["seed"])
         weights, losses = train(x, y, n_classes=len(_classes()), config=config)
         path = ctx.workdir / "weights.npz"
@@ -212,7 +243,7 @@ class _Steps:
 
         fit = scores(y, predict_proba(weights, x).argmax(1), n_classes=len(_classes()))
         return {"weights": str(path), "config": vars(config), "loss": {"first": losses[0], "last": losses[-1]},
-                "train_metrics": {k: fit[k] for k in ("accuracy", "macro_f1", "n")}}
+                "train_metrics": {k: fit[k] for k in ("accuracy", "macro_f1", "n")}, "replayed_rows": replayed}
 
     def evaluate(self, ctx: StepContext, inputs: dict) -> dict:
         from models.condition.mlp import scores
@@ -327,7 +358,35 @@ class _Steps:
         }
         # ModelConflictError when another registration took the version first: the step's retry picks the next.
         registry.register_files(MODEL, version, recipe, {a: recipe_dir / a for a in recipe["artifacts"]}, metadata)
-        return {"model": MODEL, "version": version, "existing": False}
+        reference = self._save_reference(inputs, version)
+        return {"model": MODEL, "version": version, "existing": False, "drift_reference": reference}
+
+    def _save_reference(self, inputs: dict, version: str) -> dict:
+        """The drift reference of the new version: the cohort's labelled windows it was trained and
+        evaluated on, with its own predictions, plus the replayed rows marked `replayed` (the next
+        retraining replays them; drift never judges them). Drift on the cohort then clears once
+        the cohort runs it: the new normal is its reference."""
+        from ..drift import ReferenceExistsError, reference_table, save_reference
+        from models.condition.data import SPEC
+        from models.condition.mlp import predict_proba
+
+        x, y, _ = _matrix(_table(self.deps.data_dir, inputs["dataset"]["dataset"]["name"],
+                                 inputs["dataset"]["dataset"]["version"]))
+        replayed = np.zeros(len(y), bool)
+        if inputs["train"].get("replayed_rows"):  # kept for the next retraining's replay, never judged
+            rx, ry = _reference_rows(self.deps.data_dir, self.deps.registry, inputs["evaluate"]["champion"]["version"])
+            x, y = np.concatenate([x, rx]), np.concatenate([y, ry])
+            replayed = np.r_[replayed, np.ones(len(ry), bool)]  # all of them: a later replay samples again
+        predicted = predict_proba(_load_weights(inputs["train"]["weights"]), x).argmax(1)
+        table = reference_table(x, SPEC.feature_names, predictions=predicted, labels=y, classes=_classes())
+        table = table.append_column(REPLAYED, pa.array(replayed))
+        try:
+            path = save_reference(self.deps.data_dir, MODEL, version, table)
+        except ReferenceExistsError:  # a retry of this step after the save
+            from ..drift import reference_path
+
+            path = reference_path(self.deps.data_dir, MODEL, version)
+        return {"path": str(path), "rows": int(table.num_rows)}
 
     def sign(self, ctx: StepContext, inputs: dict) -> dict:
         registry, version = self.deps.registry, inputs["register"]["version"]
@@ -416,6 +475,54 @@ def _split(data_dir: Path, dataset: Mapping[str, Any]) -> tuple[np.ndarray, np.n
     x, y, devices = _matrix(_table(data_dir, dataset["dataset"]["name"], dataset["dataset"]["version"]))
     mask = np.array([d in set(dataset["holdout_devices"]) for d in devices], bool)
     return x[~mask], y[~mask], x[mask], y[mask]
+
+
+def _reference_rows(data_dir: Path, registry: Any, version: str) -> tuple[np.ndarray, np.ndarray]:
+    """Features and class indexes of `version`'s labelled drift reference (empty without one)."""
+    from models.condition.data import SPEC
+
+    table = ensure_recipe_reference(data_dir, registry, version)
+    if table is None or "label" not in table.column_names:
+        return np.empty((0, len(SPEC.feature_names))), np.empty(0, np.int64)
+    x = np.column_stack([table.column(n).to_numpy(zero_copy_only=False).astype(np.float64)
+                         for n in SPEC.feature_names])
+    classes = _classes()
+    y = np.array([v if isinstance(v, int) else classes.index(v) for v in table.column("label").to_pylist()], np.int64)
+    keep = np.isfinite(x).all(axis=1)
+    return x[keep], y[keep]
+
+
+def ensure_recipe_reference(data_dir: Path, registry: Any, version: str) -> pa.Table | None:
+    """`version`'s drift reference, saved first if it is a version the recipe built (models/condition,
+    `models.condition.train`): its training split rebuilt from the seed its provenance names, with the
+    model's own fp32 predictions. None for a version with neither (no reference can be made)."""
+    from ..drift import UnknownReferenceError, load_reference, reference_table, save_reference
+
+    try:
+        return load_reference(data_dir, MODEL, version)
+    except UnknownReferenceError:
+        pass
+    record = registry.get(MODEL, version)
+    meta = record.get("metadata") or {}
+    command = str(meta.get("recipe_command", ""))
+    found = re.search(r"models\.condition\.train .*--seed (\d+)", command)
+    training = meta.get("training_data") or {}
+    if found is None or training.get("name") != "train":
+        return None
+    from models.condition.data import SPEC, Split, make_dataset
+
+    data = make_dataset(int(found.group(1)), Split("train", int(training["devices_per_class"]),
+                                                   int(training["segments_per_device"])))
+    onnx_variants = [v["artifact"] for v in record["variants"] if v["format"] == "onnx"]
+    artifact = FP32 if FP32 in onnx_variants else onnx_variants[0]
+    predicted = _onnx_labels(registry.artifact_path(MODEL, version, artifact).read_bytes(), data.features)
+    table = reference_table(data.features, SPEC.feature_names, predictions=predicted, labels=data.labels,
+                            classes=_classes())
+    try:
+        save_reference(data_dir, MODEL, version, table)
+    except Exception:  # noqa: BLE001 - another process saved it first; theirs is the same rows
+        return load_reference(data_dir, MODEL, version)
+    return table
 
 
 # --- models ---------------------------------------------------------------------------------
