@@ -41,11 +41,6 @@ stopped; run it on its own, or `run_all.py drift_evidently --timeout 900`.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from figures import emit, note
+from peer import mem_available_mb, run_driver, setup_venv
 
 from bench_drift import data
 from hub.drift import drift_report
@@ -67,74 +63,12 @@ GOAL = ">= 50x Evidently's data-drift report, flagging the same columns (issue 5
 
 
 def setup() -> None:
-    t = time.perf_counter()
-    if not PYTHON.exists():
-        note(f"creating {VENV}")
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    note(f"installing {REQUIREMENTS.name} into {VENV} (Evidently and its dependencies)")
-    subprocess.run([str(PYTHON), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)], check=True)
-    note(f"Evidently venv ready in {time.perf_counter() - t:.0f} s")
-
-
-def _mem_available_mb() -> float:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    return 8192.0
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _first_to_go() -> None:
-    """In the driver, before exec: if memory runs out, the kernel kills it before anything else here."""
-    try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")
-    except OSError:
-        pass
+    setup_venv(VENV, REQUIREMENTS, "Evidently")
 
 
 def driver(command: str, *args: str, budget: float, mem_mb: float) -> tuple[dict | None, str, float]:
-    """Run evidently_driver.py in the Evidently venv; (its JSON answer or None, status, peak RSS MB)."""
-    proc = subprocess.Popen([str(PYTHON), str(DRIVER), command, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True,
-                            preexec_fn=_first_to_go)
-    started, peak, status = time.monotonic(), 0.0, ""
-    try:
-        while proc.poll() is None:
-            peak = max(peak, _rss_mb(proc.pid))
-            if time.monotonic() - started > budget:
-                status = f"did not complete: stopped after the {budget:.0f} s budget (peak RSS {peak:.0f} MB)"
-            elif peak > mem_mb:
-                status = (f"did not complete: stopped when its RSS passed the {mem_mb / 1024:.0f} GB cap after "
-                          f"{time.monotonic() - started:.0f} s")
-            if status:
-                os.killpg(proc.pid, signal.SIGKILL)  # its own session: only the driver we started
-                proc.wait()
-                return None, status, peak
-            time.sleep(0.1)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    out, err = proc.communicate()
-    if proc.returncode < 0:
-        why = " (SIGKILL from outside: most likely the kernel's OOM killer)" if proc.returncode == -9 else ""
-        return None, f"did not complete: killed by signal {-proc.returncode}{why}, peak RSS {peak:.0f} MB", peak
-    if proc.returncode != 0:
-        last = (err.strip().splitlines() or ["(no stderr)"])[-1]
-        return None, f"failed: exit {proc.returncode}: {last[:300]}", peak
-    return json.loads(out.strip().splitlines()[-1]), "completed", peak
+    """Run the driver in the Evidently venv; (its JSON answer or None, status, peak RSS MB)."""
+    return run_driver(PYTHON, DRIVER, command, *args, budget=budget, mem_mb=mem_mb)
 
 
 _SAME_METHOD = {"wasserstein": "Wasserstein distance (normed)", "ks": "K-S p_value", "jensen_shannon": "Jensen-Shannon distance"}
@@ -171,7 +105,7 @@ def main() -> None:
                    help="RSS (GB) at which Evidently is stopped; default 90%% of MemAvailable at start")
     args = p.parse_args()
     sizes = [100_000] if args.quick else [int(s) for s in args.sizes.split(",")]
-    mem_gb = args.mem_gb if args.mem_gb is not None else round(0.9 * _mem_available_mb() / 1024, 1)
+    mem_gb = args.mem_gb if args.mem_gb is not None else round(0.9 * mem_available_mb() / 1024, 1)
     if args.setup:
         setup()
     versions = None

@@ -61,13 +61,8 @@ bench/run_all.py gives this bench 900 s (its default for others is 300 s).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,6 +72,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from figures import emit, note
+from peer import mem_available_mb, run_driver, setup_venv, size_mb
 
 from bench_features import VIEW, make_labels, reference, synthetic_run
 from hub.features import FeatureRegistry, OnlineStore, point_in_time
@@ -94,85 +90,12 @@ CONTEXT = "context only: no goal is set against Feast"
 
 
 def setup() -> None:
-    t = time.perf_counter()
-    if not PYTHON.exists():
-        note(f"creating {VENV}")
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    note(f"installing {REQUIREMENTS.name} into {VENV} (Feast and its dependencies)")
-    subprocess.run([str(PYTHON), "-m", "pip", "install", "--quiet", "-r", str(REQUIREMENTS)], check=True)
-    note(f"Feast venv ready in {time.perf_counter() - t:.0f} s, {_size_mb(VENV):.0f} MB")
-
-
-def _size_mb(path: Path) -> float:
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_size
-            except OSError:
-                pass
-    return total / 2**20
-
-
-def _mem_available_mb() -> float:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    return 8192.0
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _first_to_go() -> None:
-    """In the driver, before exec: if memory runs out, the kernel kills it before anything else here."""
-    try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")
-    except OSError:
-        pass
+    setup_venv(VENV, REQUIREMENTS, "Feast")
 
 
 def driver(command: str, *args: str, budget: float, mem_mb: float) -> tuple[dict | None, str, float]:
-    """Run feast_driver.py in the Feast venv; (its JSON answer or None, status, peak RSS MB)."""
-    proc = subprocess.Popen([str(PYTHON), str(DRIVER), command, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True,
-                            preexec_fn=_first_to_go)
-    started, peak, status = time.monotonic(), 0.0, ""
-    try:
-        while proc.poll() is None:
-            peak = max(peak, _rss_mb(proc.pid))
-            if time.monotonic() - started > budget:
-                status = f"did not complete: stopped after the {budget:.0f} s budget (peak RSS {peak:.0f} MB)"
-            elif peak > mem_mb:
-                status = (f"did not complete: stopped when its RSS passed the {mem_mb / 1024:.0f} GB cap after "
-                          f"{time.monotonic() - started:.0f} s")
-            if status:
-                os.killpg(proc.pid, signal.SIGKILL)  # its own session: only the driver we started
-                proc.wait()
-                return None, status, peak
-            time.sleep(0.1)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    out, err = proc.communicate()
-    if proc.returncode < 0:
-        why = " (SIGKILL from outside: most likely the kernel's OOM killer)" if proc.returncode == -9 else ""
-        return None, f"did not complete: killed by signal {-proc.returncode}{why}, peak RSS {peak:.0f} MB", peak
-    if proc.returncode != 0:
-        last = (err.strip().splitlines() or ["(no stderr)"])[-1]
-        return None, f"failed: exit {proc.returncode}: {last[:300]}", peak
-    return json.loads(out.strip().splitlines()[-1]), "completed", peak
+    """Run the driver in the Feast venv; (its JSON answer or None, status, peak RSS MB)."""
+    return run_driver(PYTHON, DRIVER, command, *args, budget=budget, mem_mb=mem_mb)
 
 
 def feast_parquet(table: pa.Table, labels: pa.Table, d: Path) -> tuple[Path, Path]:
@@ -370,7 +293,7 @@ def main() -> None:
     if set(args.stores) - set(STORES):
         p.error(f"--stores: one of {sorted(STORES)}")
     if args.mem_gb is None:
-        args.mem_gb = round(0.9 * _mem_available_mb() / 1024, 1)
+        args.mem_gb = round(0.9 * mem_available_mb() / 1024, 1)
     if args.quick:
         args.sizes, args.gets, args.repeats = [10_000], 500, 1
     if args.setup:
@@ -389,7 +312,7 @@ def main() -> None:
              goal=CONTEXT, meets_goal=None,
              feast=f"not installed: no {VENV.relative_to(HERE.parent)}; run python bench/bench_feast.py --setup")
         return
-    note(f"{versions}; venv {_size_mb(VENV):.0f} MB")
+    note(f"{versions}; venv {size_mb(VENV):.0f} MB")
     with tempfile.TemporaryDirectory(prefix="bench_feast-") as d:
         data_dir, run_id, devices = retrieval(args, Path(d), versions)
         online(args, data_dir, run_id, devices, versions)

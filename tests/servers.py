@@ -69,7 +69,114 @@ def mosquitto_available() -> str | None:
     return shutil.which("mosquitto")
 
 
-class Mosquitto:
+class _ServerProcess:
+    """A server run from a config file in `directory`, on 127.0.0.1, stopped by pid.
+
+    Subclasses name the program (`NAME`, `_binary_path()`), write `config()`, give the paths
+    (`config_path`, `log_path`, `output_path`), the command line (`_argv(binary)`) and the
+    readiness probe (`_ready()`); the start, stop, kill and wait-until-ready logic is here."""
+
+    NAME = "server"
+    _proc: subprocess.Popen[bytes] | None
+    _ready_timeout: float
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        """Start the server and return once it is ready."""
+        if self.running:
+            raise RuntimeError(f"{self.NAME} is already running as pid {self.pid}; stop it first.")
+        binary = self._binary_path()
+        self._prepare()
+        self.config_path.write_text(self.config(), encoding="utf-8")
+        offsets = {p: p.stat().st_size if p.exists() else 0 for p in (self.log_path, self.output_path)}
+        with self.output_path.open("ab") as out:
+            self._proc = subprocess.Popen(
+                self._argv(binary),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready(offsets)
+        except BaseException:
+            self.kill()
+            raise
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (the server saves what it persists), then SIGKILL after `timeout` seconds."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL now and wait for the exit."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """stop() then start() on the same port and directory."""
+        self.stop(timeout)
+        self.start()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _wait_ready(self, offsets: dict[Path, int]) -> None:
+        deadline = time.monotonic() + self._ready_timeout
+        while True:
+            assert self._proc is not None
+            code = self._proc.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"{self.NAME} exited with code {code} before it was ready:\n{self._tails(offsets)}"
+                )
+            if self._ready():
+                return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"{self.NAME} was not ready on port {self.port} within "  # type: ignore[attr-defined]
+                    f"{self._ready_timeout}s:\n{self._tails(offsets)}"
+                )
+            time.sleep(0.02)
+
+    def _tails(self, offsets: dict[Path, int]) -> str:
+        parts = []
+        for path, offset in offsets.items():
+            try:
+                with path.open("rb") as f:
+                    f.seek(max(offset, f.seek(0, 2) - _LOG_TAIL_BYTES))
+                    parts.append(f"--- {path}\n{f.read().decode('utf-8', 'replace').strip()}")
+            except OSError as exc:
+                parts.append(f"--- {path} unreadable: {exc}")
+        return "\n".join(parts)
+
+
+class Mosquitto(_ServerProcess):
     """A mosquitto process on 127.0.0.1 with persistence and unlimited queues; restarts keep its port.
 
     Hazard: mosquitto writes its persistence file on SIGTERM and every `autosave_interval` (30 min
@@ -116,14 +223,6 @@ class Mosquitto:
         """stdout/stderr: config errors land here, before mosquitto opens its log file."""
         return self.directory / "mosquitto.out"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.running and self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def config(self) -> str:
         persistence = self.directory / "data"
         return "\n".join(
@@ -148,97 +247,26 @@ class Mosquitto:
             ]
         )
 
-    def start(self) -> None:
-        """Start mosquitto and return once its listener accepts TCP connections."""
-        if self.running:
-            raise RuntimeError(f"mosquitto is already running as pid {self.pid}; stop it first.")
+    NAME = "mosquitto"
+
+    def _binary_path(self) -> str:
         binary = self._binary or mosquitto_available()
         if binary is None:
             raise FileNotFoundError(f"mosquitto was not found (looked in {_MOSQUITTO_PATHS[0]} and PATH).")
+        return binary
+
+    def _prepare(self) -> None:
         (self.directory / "data").mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.config(), encoding="utf-8")
-        offsets = {p: p.stat().st_size if p.exists() else 0 for p in (self.log_path, self.output_path)}
-        with self.output_path.open("ab") as out:
-            self._proc = subprocess.Popen(
-                [binary, "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+
+    def _argv(self, binary: str) -> list[str]:
+        return [binary, "-c", str(self.config_path)]
+
+    def _ready(self) -> bool:
         try:
-            self._wait_ready(offsets)
-        except BaseException:
-            self.kill()
-            raise
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (mosquitto saves its persistence file), then SIGKILL after `timeout` seconds."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def kill(self) -> None:
-        """SIGKILL now and wait for the exit."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-    def restart(self, timeout: float = 10.0) -> None:
-        """stop() then start() on the same port and persistence directory."""
-        self.stop(timeout)
-        self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def _wait_ready(self, offsets: dict[Path, int]) -> None:
-        deadline = time.monotonic() + self._ready_timeout
-        while True:
-            assert self._proc is not None
-            code = self._proc.poll()
-            if code is not None:
-                raise RuntimeError(
-                    f"mosquitto exited with code {code} before it was ready:\n{self._tails(offsets)}"
-                )
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
-            except OSError:
-                pass
-            if time.monotonic() >= deadline:
-                raise RuntimeError(
-                    f"mosquitto did not accept connections on port {self.port} within "
-                    f"{self._ready_timeout}s:\n{self._tails(offsets)}"
-                )
-            time.sleep(0.02)
-
-    def _tails(self, offsets: dict[Path, int]) -> str:
-        parts = []
-        for path, offset in offsets.items():
-            try:
-                with path.open("rb") as f:
-                    f.seek(max(offset, f.seek(0, 2) - _LOG_TAIL_BYTES))
-                    parts.append(f"--- {path}\n{f.read().decode('utf-8', 'replace').strip()}")
-            except OSError as exc:
-                parts.append(f"--- {path} unreadable: {exc}")
-        return "\n".join(parts)
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
 
 _REDIS_SERVER_PATHS = ("/usr/bin/redis-server",)
@@ -252,7 +280,7 @@ def redis_server_available() -> str | None:
     return shutil.which("redis-server")
 
 
-class RedisServer:
+class RedisServer(_ServerProcess):
     """A redis-server on 127.0.0.1 with no persistence (no RDB, no AOF), stopped by pid.
 
     Ready once it answers PING (a raw RESP exchange: tests/servers.py needs no Redis client).
@@ -284,14 +312,6 @@ class RedisServer:
         """stdout/stderr: config errors land here, before redis-server opens its log file."""
         return self.directory / "redis.out"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.running and self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def config(self) -> str:
         return "\n".join(
             [
@@ -306,66 +326,6 @@ class RedisServer:
             ]
         )
 
-    def start(self) -> None:
-        """Start redis-server and return once it answers PING."""
-        if self.running:
-            raise RuntimeError(f"redis-server is already running as pid {self.pid}; stop it first.")
-        binary = self._binary or redis_server_available()
-        if binary is None:
-            raise FileNotFoundError(f"redis-server was not found (looked in {_REDIS_SERVER_PATHS[0]} and PATH).")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.config(), encoding="utf-8")
-        offsets = {p: p.stat().st_size if p.exists() else 0 for p in (self.log_path, self.output_path)}
-        with self.output_path.open("ab") as out:
-            self._proc = subprocess.Popen(
-                [binary, str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            self._wait_ready(offsets)
-        except BaseException:
-            self.kill()
-            raise
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout` seconds."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def kill(self) -> None:
-        """SIGKILL now and wait for the exit."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-    def restart(self, timeout: float = 10.0) -> None:
-        """stop() then start() on the same port (the data is gone: nothing is persisted)."""
-        self.stop(timeout)
-        self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     def ping(self, timeout: float = 0.5) -> bool:
         """True when the server answers PING with PONG within `timeout` seconds."""
         try:
@@ -375,31 +335,19 @@ class RedisServer:
         except OSError:
             return False
 
-    def _wait_ready(self, offsets: dict[Path, int]) -> None:
-        deadline = time.monotonic() + self._ready_timeout
-        while True:
-            assert self._proc is not None
-            code = self._proc.poll()
-            if code is not None:
-                raise RuntimeError(
-                    f"redis-server exited with code {code} before it was ready:\n{self._tails(offsets)}"
-                )
-            if self.ping():
-                return
-            if time.monotonic() >= deadline:
-                raise RuntimeError(
-                    f"redis-server did not answer PING on port {self.port} within "
-                    f"{self._ready_timeout}s:\n{self._tails(offsets)}"
-                )
-            time.sleep(0.02)
+    NAME = "redis-server"
 
-    def _tails(self, offsets: dict[Path, int]) -> str:
-        parts = []
-        for path, offset in offsets.items():
-            try:
-                with path.open("rb") as f:
-                    f.seek(max(offset, f.seek(0, 2) - _LOG_TAIL_BYTES))
-                    parts.append(f"--- {path}\n{f.read().decode('utf-8', 'replace').strip()}")
-            except OSError as exc:
-                parts.append(f"--- {path} unreadable: {exc}")
-        return "\n".join(parts)
+    def _binary_path(self) -> str:
+        binary = self._binary or redis_server_available()
+        if binary is None:
+            raise FileNotFoundError(f"redis-server was not found (looked in {_REDIS_SERVER_PATHS[0]} and PATH).")
+        return binary
+
+    def _prepare(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _argv(self, binary: str) -> list[str]:
+        return [binary, str(self.config_path)]
+
+    def _ready(self) -> bool:
+        return self.ping()
