@@ -38,22 +38,22 @@ Figures, each beside a reference from the same run:
 Measured here (2 shared cores, 24 GB, no swap; feast 0.67.0, dask 2026.8.0, pandas 2.3.3,
 ibis 12; `--setup` ~50 s, venv ~630 MB; a full run ~7 min, --quick ~25 s):
 
-    feature rows x labels   ours     ASOF ref   Feast file (Dask)          Feast DuckDB (ibis)
-    10k x 1k (10 dev)       0.04 s   0.04 s     1.8 s                      1.6 s
-    100k x 10k (100 dev)    0.31 s   0.20 s     37 s,  2.3 GB peak RSS     7.4 s, 1.1 GB
-    1M x 100k (1,000 dev)   1.6 s    1.3 s      236 s, 20.5 GB peak RSS    37 s,  8.0 GB
+    feature rows x labels   ours      ASOF ref   Feast file (Dask)           Feast DuckDB (ibis)
+    10k x 1k (10 dev)       0.057 s   0.050 s    1.2 s                       0.80 s
+    100k x 10k (100 dev)    0.102 s   0.100 s    13.1 s, 2.2 GB peak RSS     2.2 s, 1.1 GB
+    1M x 100k (1,000 dev)   0.457 s   0.495 s    135.4 s, 20.3 GB peak RSS   21.5 s, 8.0 GB
 
-  Feast's file store completed every size, 1M only just: it left-merges every label with its
-  device's whole history in memory (100M rows at 1M), peaked at 20.5 GB of this machine's 24 GB
-  and took 236 s of the 300 s budget (218 s in a quieter earlier run; with a 12 GB cap it was
-  stopped after 32 s). Ours is ~146x its speed at 1M and ~23x Feast's DuckDB store.
+  (the latest full run, on a quiet machine; under load, earlier runs took Feast's file store 218-236 s
+  at 1M and ours 1.6 s.) Feast's file store completed every size, 1M only just: it left-merges
+  every label with its device's whole history in memory (100M rows at 1M), peaking at 20.3 GB of
+  this machine's 24 GB (with a 12 GB cap it was stopped after 32 s). Ours is ~296x its speed at
+  1M and ~47x Feast's DuckDB store.
   Early labels (4,416 of 100k at 1M, before their device's first window): Feast's file store
   DROPS them (95,584 rows back for 100,000 labels, none with null features, every dropped label
   an early one); Feast's DuckDB store keeps them with null features, as ours does. On the labels
   both return, all 95,584 feature vectors are identical to ours for both stores (0 disagree),
   and ours is identical to the ASOF reference. Online get (1,000 devices, 2,000 gets): ours p50
-  13 µs / p99 25 µs, raw SQLite 5 / 9 µs, Feast 188 / 431 µs (same vector; materialize 1.4 s).
-  Shared cores: Feast's 100k file-store time ranged 22-37 s between runs.
+  14 µs / p99 31 µs, raw SQLite 5 / 10 µs, Feast 257 / 520 µs (same vector; materialize 1.8 s).
 
 bench/run_all.py gives this bench 900 s (its default for others is 300 s).
 """
