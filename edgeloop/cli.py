@@ -19,6 +19,7 @@ from .tables import print_rows
 from .alerts_cli import alerts_app
 from .drift_cli import drift_app
 from .features_cli import features_app
+from .labels_cli import labels_app
 from .models_cli import keys_app, models_app
 from .pipelines_cli import pipelines_app
 from .quality_cli import quality_app
@@ -46,6 +47,7 @@ app.add_typer(alerts_app, name="alerts")
 app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(quality_app, name="quality")
 app.add_typer(drift_app, name="drift")
+app.add_typer(labels_app, name="labels")
 
 HubOpt = typer.Option(DEFAULT_HUB, "--hub", help="The hub's HTTP API (or set EDGELOOP_HUB).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")

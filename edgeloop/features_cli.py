@@ -195,7 +195,7 @@ def _label_value(text: str) -> object:
     return text
 
 
-def _read_labels(path: Path) -> list[dict]:
+def read_labels(path: Path) -> list[dict]:
     """Label rows (tenant, device, ts_us, label) from a .csv with a header or a .jsonl file."""
     def bad(where: str, why: str) -> typer.Exit:
         typer.echo(f"error: {path}{where}: {why}", err=True)
@@ -247,7 +247,7 @@ def features_dataset_build(
     hub: str = HubOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Join labels with a view's features point-in-time and store them as a versioned training dataset."""
-    body = {"name": name, "view": view, "labels": _read_labels(labels), "semantics": semantics,
+    body = {"name": name, "view": view, "labels": read_labels(labels), "semantics": semantics,
             "as_of_run": as_of_run, "label_source": str(labels) if label_source is None else label_source}
     d = post(hub, "/v1/datasets", body, timeout=MATERIALIZE_TIMEOUT_S)
     if as_json:

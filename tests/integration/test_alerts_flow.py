@@ -86,3 +86,17 @@ async def test_a_level_shift_and_a_run_of_wear_predictions_raise_alerts_on_nats_
                                            capture_output=True, text=True, timeout=60)
             assert done.returncode == 0, done.stderr
         assert hub.alerts.get(first.id).state == "resolved"
+
+        # The inspection that followed: maintenance's labels, through `edgeloop labels`.
+        found = tmp_path / "inspection.csv"
+        found.write_text(f"tenant,device,ts_us,label\nsim,shaky,{SHIFT_AT + 10 * MINUTE},normal\n"
+                         f"sim,calm,{SHIFT_AT + 10 * MINUTE},normal\n")
+        labels = [sys.executable, "-m", "edgeloop", "labels"]
+        added = await asyncio.to_thread(subprocess.run, [*labels, "add", str(found), "--source", "inspection",
+                                                         *hub_url], capture_output=True, text=True, timeout=60)
+        assert added.returncode == 0 and "2 label(s) added" in added.stdout, added.stderr
+        listed = await asyncio.to_thread(subprocess.run, [*labels, "list", "--device", "sim/shaky", "--json", *hub_url],
+                                         capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout)["rows"] == [
+            {"tenant": "sim", "device": "shaky", "ts_us": SHIFT_AT + 10 * MINUTE, "label": "normal"}]
