@@ -8,6 +8,9 @@ Each part creates and owns its tables. WAL, so the API's readers never block the
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 FILENAME = "control.db"
@@ -23,3 +26,17 @@ def connect(path: Path) -> sqlite3.Connection:
     con.execute("PRAGMA synchronous=FULL")
     con.execute("PRAGMA busy_timeout=5000")
     return con
+
+
+@contextmanager
+def immediate(con: sqlite3.Connection, lock: threading.Lock | None = None) -> Iterator[sqlite3.Connection]:
+    """One write transaction on `con` (autocommit mode): BEGIN IMMEDIATE, COMMIT when the block
+    ends, ROLLBACK when it raises; under `lock` when the connection is shared by threads."""
+    with lock if lock is not None else nullcontext():
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")

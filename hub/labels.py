@@ -54,8 +54,7 @@ class LabelStore:
         checked = [_check(i, r) for i, r in enumerate(rows)]
         now_us = time.time_ns() // 1000 if now_us is None else now_us
         added = repeats = conflicts = 0
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with control_db.immediate(self.db):
             for tenant, device, ts_us, label in checked:
                 have = self.db.execute(
                     "SELECT label FROM labels WHERE tenant = ? AND device = ? AND ts_us = ?", (tenant, device, ts_us)
@@ -71,10 +70,6 @@ class LabelStore:
             if conflicts:
                 self.db.execute("INSERT INTO label_counters VALUES ('conflicts', ?) ON CONFLICT(name)"
                                 " DO UPDATE SET value = value + excluded.value", (conflicts,))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         return {"added": added, "repeats": repeats, "conflicts": conflicts}
 
     def table(self, devices: Sequence[tuple[str, str]] | None = None, *, since_us: int | None = None,

@@ -267,16 +267,11 @@ class ClosedLoop:
                                            int(np.max(ts)), int(len(ts))))
         devices = {f"{t}/{d}": {"score": round(s, 4), "failing": failing.get(f"{t}/{d}", [])}
                    for (t, d), s in sorted(scores.items())}
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with control_db.immediate(self._db):
             cur = self._db.execute("INSERT INTO quality_reports (at_us, since_us, until_us, devices) VALUES (?, ?, ?, ?)",
                                    (time.time_ns() // 1000, since, until, json.dumps(devices)))
             self._db.executemany('INSERT INTO quality_quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
                                  [(cur.lastrowid, *q) for q in quarantine])
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
 
     def quality_report(self) -> dict[str, Any]:
         """The latest quality round: per device its health score and failing checks, and the

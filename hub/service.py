@@ -231,13 +231,10 @@ class Hub:
 
     async def _run_loop(self, stop: asyncio.Event) -> None:
         """A closed-loop round every `[loop] interval`; a failed round is logged, the next one runs."""
+        from .ticker import wait_or_stop
+
         interval = self.config.loop.interval.total_seconds()
-        while True:
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-                return
-            except TimeoutError:
-                pass
+        while not await wait_or_stop(stop, interval):
             try:
                 await asyncio.to_thread(self.loop.tick)
             except Exception:  # noqa: BLE001 - a round must not stop ingest; the next one tries again

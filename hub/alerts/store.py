@@ -43,14 +43,15 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
 
 from protocol import check_id
+
+from .. import control_db
 
 from .detectors import Finding
 from .errors import AlertConfigError, AlertTransitionError, UnknownAlertError
@@ -166,16 +167,8 @@ class AlertStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return control_db.immediate(self._db, self._lock)
 
     def _get(self, db: sqlite3.Connection, alert_id: int) -> Alert:
         if not isinstance(alert_id, int) or isinstance(alert_id, bool):

@@ -46,6 +46,7 @@ import pyarrow as pa
 
 from hub.storage.lake import Lake
 from hub.storage.store import try_lock
+from hub.ticker import wait_or_stop
 from hub.streaming import FeatureAggregate, StreamOutput, StreamProcessor, feature_windows
 from protocol import Readings
 
@@ -114,33 +115,42 @@ class FeatureStream:
         return stream
 
     def step(self, now_us: int | None = None) -> dict[str, int]:
-        """Consume every lake version appended since the last step, for every view; checkpoint."""
+        """Consume every lake version appended since the last step, for every view; checkpoint.
+
+        The change feed is read once per step and each version's files once per (source,
+        channels): views over the same readings at other windows share the read."""
         now_us = time.time_ns() // 1000 if now_us is None else now_us
-        done = {"versions": 0, "windows": 0}
-        seen_until = min((s.position for s in self._streams.values()), default=None)
-        for view in self._views():
-            s = self._stream(view)
-            changes = self.lake.changes(s.position)
-            for change in changes:
-                readings, keys, key_index = self._read(change.files, view)
+        streams = [self._stream(view) for view in self._views()]
+        if self._sink_position is None:  # the sinks start where the streams are
+            self._sink_position = min((s.position for s in streams), default=self.lake.version())
+        start = min([s.position for s in streams] + ([self._sink_position] if self.sinks else []),
+                    default=self.lake.version())
+        changes = self.lake.changes(start)
+        for change in changes:
+            reads: dict[tuple, tuple[Readings, list[tuple[str, str]], np.ndarray]] = {}
+            for s in streams:
+                if change.version <= s.position:
+                    continue
+                key = (s.view.source, s.view.spec.channels)
+                if key not in reads:
+                    reads[key] = self._read(change.files, s.view)
+                readings, keys, key_index = reads[key]
                 if len(readings):
-                    self._write(view, s.proc.process_many(keys, key_index, readings, now_us=now_us), now_us)
+                    self._write(s.view, s.proc.process_many(keys, key_index, readings, now_us=now_us), now_us)
                     self.counters["rows"] += len(readings)
                 s.position = change.version
-            if self._params["idle_timeout_us"] is not None:  # devices gone quiet: close their windows
-                self._write(view, s.proc.flush(now_us), now_us)
-            s.proc.checkpoint(s.position)
-            done["versions"] += len(changes)
-            self.counters["versions"] += len(changes)
-        if self.sinks:  # predictions of the versions not yet shown to the sinks
-            for change in self.lake.changes(self._sink_position if self._sink_position is not None
-                                            else (seen_until if seen_until is not None else self.lake.version())):
+            if self.sinks and change.version > self._sink_position:  # the predictions it brought
                 for sink in self.sinks:
                     sink.change(change.files)
                 self._sink_position = change.version
-            for sink in self.sinks:
-                sink.step_done()
-        return done
+        for s in streams:
+            if self._params["idle_timeout_us"] is not None:  # devices gone quiet: close their windows
+                self._write(s.view, s.proc.flush(now_us), now_us)
+            s.proc.checkpoint(s.position)
+        for sink in self.sinks:
+            sink.step_done()
+        self.counters["versions"] += len(changes)
+        return {"versions": len(changes)}
 
     def _read(self, files: tuple[str, ...], view: FeatureView) -> tuple[Readings, list[tuple[str, str]], np.ndarray]:
         channels = list(view.spec.channels)
@@ -213,11 +223,8 @@ async def run_feature_stream(data_dir: Path, service: FeatureService, lake: Lake
                     log.error("feature stream: step failed (%s: %s); retrying", type(exc).__name__, exc)
                     stream.close()
                     stream = None  # reopen from the last checkpoint
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval.total_seconds())
+            if await wait_or_stop(stop, interval.total_seconds()):
                 return
-            except TimeoutError:
-                pass
     finally:
         if stream is not None:
             stream.close()

@@ -24,16 +24,18 @@ instead of starting a second one (one drift trigger, one retraining).
 from __future__ import annotations
 
 import json
+import sqlite3
 import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from .. import control_db
 from ..control_db import FILENAME, connect
 from .dag import Pipeline, Schedule, Step, StepContext
 from .errors import (
@@ -375,16 +377,8 @@ class PipelineRunner:
     def _now_us(self) -> int:
         return int(round(self._clock() * 1_000_000))
 
-    @contextmanager
-    def _tx(self) -> Iterator[None]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return control_db.immediate(self._db, self._lock)
 
 
 def _json(what: str, value: object, error: type[PipelineError] = StepError) -> str:

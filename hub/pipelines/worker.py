@@ -15,6 +15,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..ticker import run_ticks
+
 if TYPE_CHECKING:
     from .runner import PipelineRunner
 
@@ -34,23 +36,13 @@ async def run_worker(runner: "PipelineRunner", stop: asyncio.Event, *, tick_s: f
                      stats: WorkerStats | None = None) -> WorkerStats:
     """Tick until `stop` is set; returns the counters (also updated in place when given)."""
     stats = stats if stats is not None else WorkerStats()
-    while not stop.is_set():
-        try:
-            stats.scheduled += len(await asyncio.to_thread(runner.run_due))
-            for run_id in await asyncio.to_thread(runner.pending):
-                if stop.is_set():
-                    break
-                await asyncio.to_thread(runner.run, run_id)
-                stats.executed += 1
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the supervisor of the ticks: count, log, tick again
-            stats.errors += 1
-            stats.last_error = f"{type(exc).__name__}: {exc}"
-            log.exception("pipelines: worker tick failed (%d so far)", stats.errors)
-        stats.ticks += 1
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=tick_s)
-        except TimeoutError:
-            pass
-    return stats
+
+    async def round_() -> None:
+        stats.scheduled += len(await asyncio.to_thread(runner.run_due))
+        for run_id in await asyncio.to_thread(runner.pending):
+            if stop.is_set():
+                break
+            await asyncio.to_thread(runner.run, run_id)
+            stats.executed += 1
+
+    return await run_ticks(round_, stop, tick_s=tick_s, stats=stats, log=log, what="pipelines")

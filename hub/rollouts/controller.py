@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..ticker import run_ticks
+
 if TYPE_CHECKING:
     from ..twin import TwinStore
     from .machine import Rollouts
@@ -33,20 +35,10 @@ async def run_controller(rollouts: "Rollouts", twins: "TwinStore", stop: asyncio
                          stats: ControllerStats | None = None) -> ControllerStats:
     """Tick until `stop` is set; returns the counters (also updated in place when given)."""
     stats = stats if stats is not None else ControllerStats()
-    while not stop.is_set():
-        try:
-            moved = await asyncio.to_thread(rollouts.tick, twins)
-            stats.transitions += len(moved)
-            stats.recent = (stats.recent + moved)[-50:]
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the supervisor of the ticks: count, log, tick again
-            stats.errors += 1
-            stats.last_error = f"{type(exc).__name__}: {exc}"
-            log.exception("rollouts: tick failed (%d so far)", stats.errors)
-        stats.ticks += 1
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=tick_s)
-        except TimeoutError:
-            pass
-    return stats
+
+    async def round_() -> None:
+        moved = await asyncio.to_thread(rollouts.tick, twins)
+        stats.transitions += len(moved)
+        stats.recent = (stats.recent + moved)[-50:]
+
+    return await run_ticks(round_, stop, tick_s=tick_s, stats=stats, log=log, what="rollouts")

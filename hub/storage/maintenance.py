@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from .lake import Lake
+from ..ticker import wait_or_stop
 from .store import try_lock
 
 log = logging.getLogger("edgeloop.hub.maintenance")
@@ -47,12 +48,7 @@ async def run_maintenance(lake: Lake, stop: asyncio.Event, *, interval: timedelt
     """Every `interval`, while this process holds the maintenance lock, run `maintain`."""
     fd: int | None = None
     try:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval.total_seconds())
-                return
-            except TimeoutError:
-                pass
+        while not await wait_or_stop(stop, interval.total_seconds()):
             if fd is None:
                 fd = try_lock(lake.root / "maintenance.lock")
                 if fd is None:
